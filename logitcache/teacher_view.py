@@ -1,0 +1,143 @@
+"""``TeacherView``: the only door between a teacher (cached or live) and a KD method.
+
+A method never runs a teacher and never reads a store; it receives a ``TeacherView`` for the
+batch it is training on. A view holds either the teacher's full logits, or a top-k encoding:
+the k largest logits with their class indices, the log-normaliser ``lse = logsumexp(z)`` over
+all C classes and the true-class logit ``z_y``.
+
+Top-k rebuild (the one place this is defined): with ``S = topk ∪ {y}`` the classes whose logits
+are known, the exact teacher probabilities at temperature 1 are ``p_c = exp(z_c - lse)`` for
+``c ∈ S``. The remaining mass ``1 - Σ_{c∈S} p_c`` is spread evenly over the ``C - |S|`` classes
+not stored, i.e. each gets the logit ``r = lse + log((1 - Σ_S p_c) / (C - |S|))``. The rebuilt
+logit vector therefore gives, at T = 1, the exact probabilities of the stored classes and of
+the true class, the exact top-1 class and the exact total mass of the rest. At T ≠ 1 the
+stored classes keep their exact ratios to one another, while the rest is approximated (the
+benchmarks in ``bench/`` measure what that costs). Every method consumes ``logits``, so every
+method works from either encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+# log(1 - p) needs p < 1; stored fp16 logits can round the known mass up to or past 1.
+_MAX_KNOWN_LOG_MASS = -1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherView:
+    """Teacher information for one batch, keyed by the same (view, sample) pairs as the student.
+
+    Build it with :meth:`from_logits` or :meth:`from_topk`; read it through :attr:`logits`,
+    :meth:`log_probs`, :meth:`probs`, :attr:`argmax` and :attr:`target_log_prob`.
+    """
+
+    target: Tensor  # (B,) int64 labels
+    num_classes: int
+    full_logits: Tensor | None = None  # (B, C)
+    topk_values: Tensor | None = None  # (B, k) descending
+    topk_indices: Tensor | None = None  # (B, k) int64
+    lse: Tensor | None = None  # (B,) logsumexp over all C logits
+    target_logit: Tensor | None = None  # (B,)
+
+    @classmethod
+    def from_logits(cls, logits: Tensor, target: Tensor) -> TeacherView:
+        """A view of full teacher logits (B, C); kept in fp32 whatever they were stored in."""
+        return cls(target=target.long(), num_classes=logits.shape[1], full_logits=logits.float())
+
+    @classmethod
+    def from_topk(
+        cls,
+        values: Tensor,
+        indices: Tensor,
+        lse: Tensor,
+        target_logit: Tensor,
+        target: Tensor,
+        num_classes: int,
+    ) -> TeacherView:
+        """A view of a top-k encoding; ``values``/``indices`` are (B, k), the rest (B,)."""
+        return cls(
+            target=target.long(),
+            num_classes=num_classes,
+            topk_values=values.float(),
+            topk_indices=indices.long(),
+            lse=lse.float(),
+            target_logit=target_logit.float(),
+        )
+
+    @property
+    def exact(self) -> bool:
+        """True when every logit is known (full encoding or a live teacher)."""
+        return self.full_logits is not None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.target.shape[0])
+
+    @cached_property
+    def logits(self) -> Tensor:
+        """(B, C) fp32 logits: the teacher's own, or the top-k rebuild described above."""
+        if self.full_logits is not None:
+            return self.full_logits
+        return _rebuild(self)
+
+    def log_probs(self, temperature: float = 1.0) -> Tensor:
+        """(B, C) log-softmax of the logits at ``temperature``."""
+        return torch.log_softmax(self.logits / temperature, dim=1)
+
+    def probs(self, temperature: float = 1.0) -> Tensor:
+        """(B, C) softmax of the logits at ``temperature``."""
+        return torch.softmax(self.logits / temperature, dim=1)
+
+    @cached_property
+    def argmax(self) -> Tensor:
+        """(B,) the teacher's top-1 class; exact for both encodings."""
+        if self.full_logits is not None:
+            return self.full_logits.argmax(dim=1)
+        return self.topk_indices[:, 0]
+
+    @cached_property
+    def target_log_prob(self) -> Tensor:
+        """(B,) exact log-probability of the true class at temperature 1."""
+        if self.full_logits is not None:
+            return torch.log_softmax(self.full_logits, dim=1).gather(1, self.target[:, None])[:, 0]
+        return self.target_logit - self.lse
+
+    def to(self, device: torch.device | str) -> TeacherView:
+        """The same view with every tensor on ``device`` (non-blocking where possible)."""
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return TeacherView(
+            target=move(self.target),
+            num_classes=self.num_classes,
+            full_logits=move(self.full_logits),
+            topk_values=move(self.topk_values),
+            topk_indices=move(self.topk_indices),
+            lse=move(self.lse),
+            target_logit=move(self.target_logit),
+        )
+
+
+def _rebuild(view: TeacherView) -> Tensor:
+    values, indices, lse = view.topk_values, view.topk_indices, view.lse
+    batch, num_classes = values.shape[0], view.num_classes
+    known = torch.zeros(batch, num_classes, dtype=torch.bool, device=values.device)
+    known.scatter_(1, indices, True)
+    known.scatter_(1, view.target[:, None], True)
+    logits = torch.empty(batch, num_classes, dtype=torch.float32, device=values.device)
+    logits.scatter_(1, indices, values)
+    # The true-class logit is stored in fp32 even when the values are fp16: it wins.
+    logits.scatter_(1, view.target[:, None], view.target_logit[:, None])
+
+    known_logits = logits.masked_fill(~known, float("-inf"))
+    log_known_mass = (torch.logsumexp(known_logits, dim=1) - lse).clamp(max=_MAX_KNOWN_LOG_MASS)
+    n_rest = (num_classes - known.sum(dim=1)).clamp(min=1).float()
+    # log(1 - m) as log(-expm1(log m)): no cancellation when the known mass is close to 1.
+    rest_logit = lse + torch.log(-torch.expm1(log_known_mass)) - torch.log(n_rest)
+    return torch.where(known, logits, rest_logit[:, None])
