@@ -1,0 +1,77 @@
+"""``logitcache dump``: run a teacher over seeded views of a dataset into a zarr cache."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from logitcache.dump import DumpConfig, dump
+from logitcache.errors import BadInput
+
+from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt, RandomInitOpt
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BadInput(f"cannot read --shard {text!r}: use I/N, e.g. 0/4") from None
+    return i, n
+
+
+def dump_command(
+    teacher: Annotated[str, typer.Option(help="Teacher model name (`logitcache models`) or tv:<torchvision name>.")],
+    dataset: Annotated[str, typer.Option(help="cifar10, cifar100, digits, imagefolder:<path> or synthetic[:n=..,classes=..].")],
+    out: Annotated[str, typer.Option(help="Store to write (path, .zarr folder, or fsspec URL such as s3://bucket/c.zarr).")],
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    data_root: DataRootOpt = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download CIFAR into --data-root.")] = False,
+    split: Annotated[str, typer.Option(help="Dataset split to cache.")] = "train",
+    views: Annotated[int, typer.Option(help="Number of augmented views per sample.")] = 8,
+    clean_view: Annotated[bool, typer.Option(help="Also store view 0: the clean, unaugmented image.")] = True,
+    augment: Annotated[
+        str | None, typer.Option(help="Augmentation: crop:SIZE:PAD[:noflip] or resized_crop:SIZE[:MIN-MAX][:noflip]. Default: the dataset's.")
+    ] = None,
+    topk: Annotated[int, typer.Option(help="Store the top-k logits (+ log-normaliser and true-class logit).")] = 10,
+    full: Annotated[bool, typer.Option("--full", help="Store all logits instead of top-k.")] = False,
+    dtype: Annotated[str, typer.Option(help="fp32, fp16 or bf16; top-k also q8 (8-bit gaps, the compact form).")] = "fp16",
+    codec: Annotated[str, typer.Option(help="none or blosc-CNAME[-LEVEL[-SHUFFLE]].")] = "blosc-zstd-5",
+    checksum: Annotated[bool, typer.Option(help="crc32c checksum on every chunk.")] = True,
+    chunk_samples: Annotated[int, typer.Option(help="Samples per chunk.")] = 4096,
+    shard_chunks: Annotated[int | None, typer.Option(help="Chunks per zarr shard (0: unsharded). Default: 16 for large datasets.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed of every view's augmentation.")] = 0,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Teacher forward batch size.")] = 256,
+    workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store made with other settings.")] = False,
+    shard: Annotated[str, typer.Option(help="Write only part I of N of the store (e.g. Slurm arrays): I/N.")] = "0/1",
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the teacher once over V seeded views of every sample and store its logits.
+
+    The same command after an interruption resumes where it stopped; the finished store equals
+    an uninterrupted one. A store made with other settings is refused unless --overwrite.
+    """
+    config = DumpConfig(
+        teacher=teacher, dataset=dataset, out=out, checkpoint=checkpoint, random_init=random_init,
+        data_root=data_root, download=download, split=split, views=views, clean_view=clean_view,
+        augmentation=augment, encoding="full" if full else "topk", topk=topk, dtype=dtype, codec=codec,
+        checksum=checksum, chunk_samples=chunk_samples, shard_chunks=shard_chunks, seed=seed, device=device,
+        batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_parse_shard(shard), progress=not quiet,
+    )
+    result = dump(config)
+    for note in result.notes:
+        typer.echo(note)
+    rate = f"{result.samples_per_second:,.0f} samples/s" if result.samples_written else "nothing left to write"
+    typer.echo(f"wrote {result.blocks_written} blocks ({result.samples_written:,} sample-views) in {result.seconds:.1f} s: {rate}")
+    if result.complete:
+        acc = result.teacher_test_accuracy
+        typer.echo(f"complete: {out}" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
+    else:
+        typer.echo(f"not complete yet: {out} (other shards still writing; `logitcache dump --finalize` when they are done)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("dump")(dump_command)

@@ -1,0 +1,322 @@
+"""Stage one: run a teacher over seeded views of a dataset and store its logits.
+
+The work is cut into blocks (view v, a block of samples); each block is augmented from its
+stored seeds, run through the teacher in fixed batches, encoded and handed to a writer thread
+that writes it chunk-aligned and marks it done. A dump that is killed resumes from the blocks
+not marked done, and because a block's content depends only on (spec, v, block), the resumed
+store equals an uninterrupted one array for array. ``shard=(i, n)`` lets n processes write
+disjoint blocks of one store; whichever finds every block done finalises it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import _utils
+from .datasets import ImageDataset, open_dataset
+from .errors import BadInput, CacheMismatch, DataError
+from .loader import ViewBatch, augmented_batches, clean_batches
+from .models import weights_sha256
+from .store.encodings import get_encoding
+from .store.format import (
+    CacheSpec,
+    CodecInfo,
+    DatasetInfo,
+    EncodingInfo,
+    Layout,
+    Provenance,
+    TeacherInfo,
+    ViewsInfo,
+)
+from .store.writer import BlockWriter
+from .store.zarr_store import DONE, ZarrStore, _local_path, flock
+from .teacher import build_teacher
+from .views import ViewSpec, view_seeds
+
+AUTO_SHARD_SAMPLES = 262_144  # above this many samples, shard by default: fewer, larger files
+
+
+@dataclass(frozen=True, kw_only=True)
+class DumpConfig:
+    """Everything ``dump`` needs; the CLI builds one from its options."""
+
+    teacher: str
+    dataset: str
+    out: str
+    checkpoint: str | None = None
+    random_init: bool = False
+    data_root: str | None = None
+    download: bool = False
+    split: str = "train"
+    views: int = 8
+    clean_view: bool = True
+    augmentation: str | None = None  # None: the dataset's default training augmentation
+    encoding: str = "topk"
+    topk: int = 10
+    dtype: str = "fp16"
+    codec: str = "blosc-zstd-5"
+    checksum: bool = True
+    chunk_samples: int = 4096
+    shard_chunks: int | None = None  # None: auto (16 chunks per shard above AUTO_SHARD_SAMPLES)
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 256
+    workers: int = 2
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+    progress: bool = True
+
+
+@dataclass
+class DumpResult:
+    """What a dump did, for the CLI and the benchmarks."""
+
+    location: str
+    spec: CacheSpec
+    complete: bool
+    blocks_written: int = 0
+    blocks_skipped: int = 0
+    samples_written: int = 0
+    seconds: float = 0.0
+    teacher_seconds: float = 0.0
+    teacher_test_accuracy: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_written / self.seconds if self.seconds else 0.0
+
+
+def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) -> CacheSpec:
+    """The store identity for a config; every check that can fail runs before any write."""
+    view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
+    if config.encoding == "full":
+        encoding = EncodingInfo(kind="full", dtype=config.dtype)
+    elif config.encoding == "topk":
+        encoding = EncodingInfo(kind="topk", dtype=config.dtype, k=config.topk)
+    else:
+        raise BadInput(f"unknown encoding {config.encoding!r}: use topk or full")
+    n = len(dataset)
+    shard_chunks = config.shard_chunks
+    if shard_chunks is None:
+        shard_chunks = 16 if n > AUTO_SHARD_SAMPLES else 0
+    return CacheSpec(
+        teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher), num_classes=_num_outputs(teacher, dataset)),
+        dataset=DatasetInfo(**dataset.describe()),
+        views=ViewsInfo(count=config.views, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json()),
+        encoding=encoding,
+        codec=CodecInfo.parse(config.codec) if config.checksum else _without_checksum(CodecInfo.parse(config.codec)),
+        layout=Layout(chunk_samples=config.chunk_samples, shard_chunks=shard_chunks),
+        batch_size=config.batch_size,
+    )
+
+
+def _without_checksum(codec: CodecInfo) -> CodecInfo:
+    return CodecInfo(compressor=codec.compressor, cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle, checksum=False)
+
+
+def _num_outputs(model: nn.Module, dataset: ImageDataset) -> int:
+    with torch.no_grad():
+        probe = dataset.normalize(dataset.load(0)[None].to(next(model.parameters()).device))
+        return int(model(probe).shape[1])
+
+
+def _check_shard(shard: tuple[int, int]) -> None:
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise BadInput(f"--shard {index}/{count} is invalid: use I/N with 0 <= I < N")
+
+
+def dump(config: DumpConfig) -> DumpResult:
+    """Run stage one; see the module docstring. Returns what was done."""
+    _check_shard(config.shard)
+    if config.batch_size < 1 or config.chunk_samples < 1:
+        raise BadInput("--batch-size and --chunk-samples must be >= 1")
+    device = _utils.resolve_device(config.device)
+    dataset = open_dataset(config.dataset, config.split, data_root=config.data_root, download=config.download)
+    teacher = build_teacher(
+        config.teacher, dataset.num_classes, checkpoint=config.checkpoint, random_init=config.random_init,
+        seed=config.seed, device=device,
+    )
+    spec = build_spec(config, dataset, teacher)
+    _check_out(config.out)
+    index, count = config.shard
+    # A plain dump holds the store exclusively; shard writers share it, each holding its own shard.
+    with flock(config.out, shared=count > 1), flock(config.out, f"-shard-{index}-of-{count}"):
+        store, notes = _open_or_create(config, spec)
+        result = _run(config, store, dataset, teacher, device)
+        result.notes[:0] = notes
+        if config.shard == (0, 1) or bool((store.progress() == DONE).all()):
+            finalize(config.out, teacher=teacher, dataset_name=config.dataset, data_root=config.data_root,
+                     device=device, result=result)
+    return result
+
+
+def _check_out(out: str) -> None:
+    path = _local_path(out)
+    if path is None or not path.exists():
+        return
+    if path.is_file() or (not (path / "zarr.json").exists() and any(p for p in path.iterdir() if not p.name.startswith(".lock"))):
+        raise BadInput(f"{path} exists and is not a logitcache store: choose another --out (nothing was written)")
+
+
+def _open_or_create(config: DumpConfig, spec: CacheSpec) -> tuple[ZarrStore, list[str]]:
+    provenance = Provenance(tool_version=_utils.tool_version(), created_at=_utils.now())
+    fields = get_encoding(spec.encoding, spec.dataset.num_classes).fields()
+    with flock(config.out, "-meta", wait=True):  # concurrent shard writers create it once
+        if ZarrStore.exists(config.out):
+            existing = ZarrStore.open(config.out, read_only=False)
+            if existing.spec == spec and not config.overwrite:
+                done = int((existing.progress() == DONE).sum())
+                return existing, [f"resuming: {done} of {existing.progress().size} blocks already done"]
+            if not config.overwrite:
+                diffs = "; ".join(existing.spec.differences(spec)[:4])
+                raise CacheMismatch(
+                    f"{config.out} holds a cache made with other settings ({diffs}): "
+                    "pass --overwrite to replace it, or choose another --out"
+                )
+            ZarrStore.delete(config.out)
+        store = ZarrStore.create(config.out, spec, provenance, fields)
+    return store, []
+
+
+def _pending_blocks(store: ZarrStore, shard: tuple[int, int]) -> tuple[list[tuple[int, int]], int]:
+    """(view, block) pairs this shard must write, and how many of its blocks are done already."""
+    index, count = shard
+    state = store.progress()
+    views, blocks = state.shape
+    mine = [(v, b) for v in range(views) for b in range(blocks) if (v * blocks + b) % count == index]
+    done = [(v, b) for v, b in mine if state[v, b] == DONE]
+    # Re-check what earlier runs wrote: a block marked done must decode against its checksums.
+    names = ["seeds", *(f.name for f in get_encoding(store.spec.encoding, store.spec.dataset.num_classes).fields())]
+    bad: set[tuple[int, int]] = set()
+    if done:
+        problems = store.check_chunks(names, views=sorted({v for v, _ in done}), decode=True)
+        bad = {store.block_of(p.key) for p in problems}
+    pending = [(v, b) for v, b in mine if state[v, b] != DONE or (v, b) in bad]
+    return pending, len(mine) - len(pending)
+
+
+def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: nn.Module, device: torch.device) -> DumpResult:
+    spec = store.spec
+    n, layout = spec.dataset.num_samples, spec.layout
+    view_spec = ViewSpec.from_json(spec.views.augmentation)
+    encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
+    store.write_labels(dataset.labels)
+    pending, skipped = _pending_blocks(store, config.shard)
+    result = DumpResult(location=config.out, spec=spec, complete=False, blocks_skipped=skipped)
+
+    def batches():
+        for v, b in pending:
+            rows = layout.block_range(b, n)
+            idx = np.arange(rows.start, rows.stop)
+            seeds = view_seeds(spec.views.seed, v, idx)
+            clean = np.full(len(idx), spec.views.clean and v == 0)
+            for s in range(0, len(idx), spec.batch_size):
+                sl = slice(s, s + spec.batch_size)
+                yield ViewBatch(samples=idx[sl], seeds=seeds[sl], clean=clean[sl])
+
+    total = sum(len(layout.block_range(b, n)) for _, b in pending)
+    bar = tqdm(total=total, unit="sample", unit_scale=True, desc=f"dump {spec.teacher.name}", disable=not config.progress)
+    writer = BlockWriter(store)
+    start = time.perf_counter()
+    stream = augmented_batches(dataset, view_spec, batches(), device=device, workers=config.workers)
+    try:
+        for v, b in pending:
+            rows = layout.block_range(b, n)
+            parts, seeds = [], []
+            while sum(len(p) for p in seeds) < len(rows):
+                batch, images = next(stream)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    logits = teacher(images).float()
+                _check_finite(logits, batch, v)
+                labels = torch.from_numpy(dataset.labels[batch.samples])
+                parts.append(encoding.encode(logits.cpu(), labels))
+                result.teacher_seconds += time.perf_counter() - t0
+                seeds.append(batch.seeds)
+                bar.update(len(batch))
+            arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            arrays["seeds"] = np.concatenate(seeds)
+            writer.submit(v, b, rows, arrays)
+            result.blocks_written += 1
+            result.samples_written += len(rows)
+        writer.close()
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_finite(logits: torch.Tensor, batch: ViewBatch, view: int) -> None:
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bad.any():
+        first = int(batch.samples[int(bad.nonzero()[0, 0])])
+        raise DataError(
+            f"teacher produced NaN/inf logits for sample {first} (view {view}); the block was not written: "
+            "check the checkpoint (was it trained to convergence?) and the input data"
+        )
+
+
+def finalize(
+    location: str,
+    *,
+    teacher: nn.Module | None = None,
+    dataset_name: str | None = None,
+    data_root: str | None = None,
+    checkpoint: str | None = None,
+    random_init: bool = False,
+    device: torch.device | str = "cpu",
+    result: DumpResult | None = None,
+) -> bool:
+    """Mark a store complete once every block is done; measure the teacher on the test split.
+
+    Returns True when the store is (now) complete, False when blocks are still missing.
+    """
+    device = torch.device(device)
+    with flock(location, "-meta", wait=True):
+        store = ZarrStore.open(location, read_only=False)
+        spec = store.spec
+        if store.provenance.complete:
+            if result is not None:
+                result.complete, result.teacher_test_accuracy = True, store.provenance.teacher_test_accuracy
+            return True
+        state = store.progress()
+        if not (state == DONE).all():
+            if result is not None:
+                result.notes.append(f"{int((state != DONE).sum())} blocks still to be written by other shards")
+            return False
+        missing = store.check_chunks(decode=False)
+        if missing:
+            raise DataError(f"every block is marked done but {missing[0]}: run `logitcache verify --repair {location}`")
+        if teacher is None:
+            teacher = build_teacher(spec.teacher.name, spec.teacher.num_classes, checkpoint=checkpoint,
+                                    random_init=random_init, seed=spec.views.seed, device=device)
+            if weights_sha256(teacher) != spec.teacher.weights_sha256:
+                raise CacheMismatch(f"the teacher weights given do not match the ones {location} was dumped with: pass the same --checkpoint")
+        acc, count = _test_accuracy(teacher, dataset_name or spec.dataset.name, data_root, device)
+        store.set_provenance(Provenance(
+            **{**store.provenance.to_json(), "complete": True, "finished_at": _utils.now(),
+               "teacher_test_accuracy": acc, "teacher_test_samples": count, "device": str(device)}
+        ))
+    if result is not None:
+        result.complete, result.teacher_test_accuracy = True, acc
+    return True
+
+
+def _test_accuracy(teacher: nn.Module, dataset_name: str, data_root: str | None, device: torch.device) -> tuple[float | None, int | None]:
+    try:
+        test = open_dataset(dataset_name, "test", data_root=data_root)
+    except DataError:
+        return None, None  # e.g. an image folder without val/: accuracy unknown, not an error
+    from .evaluate import evaluate_model
+
+    metrics = evaluate_model(teacher, test, device=device)
+    return metrics["top1"], len(test)
+

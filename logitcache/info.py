@@ -1,0 +1,124 @@
+"""``info``: what a cache is, what it costs on disk, and what its teacher's logits look like."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .evaluate import expected_calibration_error
+from .store.encodings import get_encoding
+from .store.reader import CacheReader
+from .store.zarr_store import ZarrStore
+
+_BATCH = 65536
+
+
+@dataclass
+class ViewStats:
+    """Statistics of the teacher over a set of stored views."""
+
+    views: list[int]
+    samples: int
+    misinstruction_rate: float  # share of (view, sample) pairs whose teacher argmax is not the label
+    mean_entropy: float  # nats; exact for full logits, of the rebuilt distribution for top-k
+    ece: float  # expected calibration error of the top-1 confidence (exact for both encodings)
+    mean_target_prob: float
+
+
+@dataclass
+class CacheInfo:
+    location: str
+    spec: dict[str, Any]
+    provenance: dict[str, Any]
+    bytes_on_disk: int
+    raw_bytes: int
+    pairs: int  # stored (view, sample) pairs
+    clean: ViewStats | None = None
+    augmented: ViewStats | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.raw_bytes / self.bytes_on_disk if self.bytes_on_disk else float("nan")
+
+    @property
+    def bytes_per_pair(self) -> float:
+        return self.bytes_on_disk / self.pairs
+
+
+def raw_bytes(store: ZarrStore) -> int:
+    """Uncompressed bytes of every data array (labels, seeds, encoding fields)."""
+    total = 0
+    for name in store.array_names():
+        arr = store.array(name)
+        total += int(np.prod(arr.shape, dtype=np.int64)) * arr.dtype.itemsize
+    return total
+
+
+def cache_info(location: str | os.PathLike, *, stats: bool = True, progress: bool = True) -> CacheInfo:
+    """Metadata, size and (with ``stats``) teacher statistics of a store.
+
+    Statistics need a complete store; metadata and sizes are reported for any store.
+    """
+    store = ZarrStore.open(location, read_only=True)
+    spec = store.spec
+    info = CacheInfo(
+        location=str(location),
+        spec=spec.to_json(),
+        provenance=store.provenance.to_json(),
+        bytes_on_disk=store.nbytes_stored(),
+        raw_bytes=raw_bytes(store),
+        pairs=spec.views.total * spec.dataset.num_samples,
+    )
+    if not store.provenance.complete:
+        info.notes.append("the dump has not finished: re-run the same dump command to complete it")
+        return info
+    if not stats:
+        return info
+    reader = CacheReader(location)
+    views = spec.views
+    with tqdm(total=info.pairs, unit="pair", unit_scale=True, desc="info", disable=not progress) as bar:
+        if views.clean:
+            info.clean = _view_stats(reader, [0], bar)
+        info.augmented = _view_stats(reader, list(views.augmented), bar)
+    reader.close()
+    if spec.encoding.kind == "topk":
+        info.notes.append("entropy is that of the rebuilt distribution (the rest spread evenly); accuracy, "
+                          "mis-instruction and ECE are exact")
+    return info
+
+
+def _view_stats(reader: CacheReader, views: list[int], bar: tqdm) -> ViewStats:
+    n = reader.spec.dataset.num_samples
+    wrong = entropy = target_prob = 0.0
+    confidences, corrects = [], []
+    for v in views:
+        for s in range(0, n, _BATCH):
+            idx = np.arange(s, min(s + _BATCH, n))
+            tv = reader.read(np.full(len(idx), v), idx)
+            log_p = tv.log_probs()
+            correct = tv.argmax == tv.target
+            wrong += float((~correct).sum())
+            entropy += float(-(log_p.exp() * log_p).sum())
+            target_prob += float(tv.target_log_prob.exp().sum())
+            # Top-1 confidence is exact for both encodings: exp(z_max - lse).
+            confidences.append(log_p.max(dim=1).values.exp())
+            corrects.append(correct)
+            bar.update(len(idx))
+    count = n * len(views)
+    return ViewStats(
+        views=views,
+        samples=count,
+        misinstruction_rate=wrong / count,
+        mean_entropy=entropy / count,
+        ece=expected_calibration_error(torch.cat(confidences), torch.cat(corrects)),
+        mean_target_prob=target_prob / count,
+    )
+
+
+__all__ = ["CacheInfo", "ViewStats", "cache_info", "get_encoding"]

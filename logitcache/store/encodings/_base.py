@@ -1,0 +1,80 @@
+"""The encoding interface and its registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..._registry import Registry
+from ...teacher_view import TeacherView
+from ..format import EncodingInfo
+
+
+@dataclass(frozen=True)
+class Field:
+    """One stored per-(view, sample) array: its name, trailing shape and numpy dtype."""
+
+    name: str
+    trailing: tuple[int, ...]
+    dtype: str
+
+
+class Encoding:
+    """Base class; subclasses implement ``fields``, ``encode`` and ``decode``."""
+
+    def __init__(self, info: EncodingInfo, num_classes: int) -> None:
+        self.info, self.num_classes = info, num_classes
+
+    def fields(self) -> list[Field]:
+        raise NotImplementedError
+
+    def encode(self, logits: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
+        """(B, C) fp32 logits and (B,) labels -> one (B, *trailing) array per field."""
+        raise NotImplementedError
+
+    def decode(self, arrays: Mapping[str, np.ndarray | Tensor], labels: np.ndarray | Tensor) -> TeacherView:
+        """Rows of every field (B, ...) and their labels -> a CPU TeacherView."""
+        raise NotImplementedError
+
+    def raw_bytes_per_sample(self) -> int:
+        return sum(int(np.prod(f.trailing, dtype=np.int64)) * np.dtype(f.dtype).itemsize for f in self.fields())
+
+
+_ENCODINGS: Registry[Callable[[EncodingInfo, int], Encoding]] = Registry("encoding", "logitcache dump --help")
+
+
+def register_encoding(kind: str) -> Callable:
+    return _ENCODINGS.decorator(kind)
+
+
+def get_encoding(info: EncodingInfo, num_classes: int) -> Encoding:
+    return _ENCODINGS.get(info.kind)(info, num_classes)
+
+
+def list_encodings() -> list[str]:
+    return _ENCODINGS.names()
+
+
+def to_stored(x: Tensor, dtype: str) -> np.ndarray:
+    """fp32 tensor -> numpy in the stored dtype; bf16 travels as its uint16 bit pattern."""
+    if dtype == "bf16":
+        return x.to(torch.bfloat16).view(torch.uint16).numpy()
+    return x.to(torch.float16 if dtype == "fp16" else torch.float32).numpy()
+
+
+def from_stored(a: np.ndarray | Tensor, dtype: str) -> Tensor:
+    """Inverse of :func:`to_stored`, always fp32."""
+    t = torch.as_tensor(a)
+    return t.view(torch.bfloat16).float() if dtype == "bf16" else t.float()
+
+
+STORED_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "uint16"}
+
+
+def index_dtype(num_classes: int) -> str:
+    """The narrowest integer type that holds a class index."""
+    return "uint8" if num_classes <= 256 else "int16" if num_classes <= 32768 else "int32"

@@ -1,0 +1,151 @@
+"""Read teacher information for batches of (view, sample) pairs.
+
+Random batched reads straight from chunks are slower than a GPU trains a CIFAR student, so the
+reader works on whole view slices: the first request for a view reads its rows of every field
+in one sequential pass into memory (a CIFAR-100 fp16 view is 10 MB), and ``prefetch`` starts
+that read for the next epoch's view in a background thread. Batches are then gathered from
+memory. Views beyond the memory budget are read row-wise from their chunks instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..errors import CacheCorrupt, CacheIncomplete, CacheMismatch
+from ..teacher_view import TeacherView
+from .encodings import get_encoding
+from .format import CacheSpec
+from .zarr_store import ZarrStore
+
+DEFAULT_MEMORY_BUDGET = int(os.environ.get("LOGITCACHE_READER_MEMORY", 8 << 30))  # bytes of view slices kept
+
+
+class CacheReader:
+    """A read-only, thread-safe view of a complete store.
+
+    Args:
+        location: path or URL of the store.
+        check: list the store once and refuse if any chunk is missing (zarr would read a missing
+            chunk as zeros); checksums of the chunks actually read are always verified.
+        memory_budget: bytes of decoded view slices kept in memory.
+    """
+
+    def __init__(self, location: str | os.PathLike, *, check: bool = True, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        self.store = ZarrStore.open(location, read_only=True)
+        self.spec: CacheSpec = self.store.spec
+        if not self.store.provenance.complete:
+            raise CacheIncomplete(
+                f"the dump into {location} has not finished: re-run the same `logitcache dump` command to complete it"
+            )
+        self.num_classes = self.spec.dataset.num_classes
+        self.encoding = get_encoding(self.spec.encoding, self.num_classes)
+        self._fields = [f.name for f in self.encoding.fields()]
+        if check:
+            missing = self.store.check_chunks(["labels", "seeds", *self._fields], decode=False)
+            if missing:
+                raise CacheCorrupt(
+                    f"{len(missing)} chunk(s) missing from {location}, e.g. {missing[0]}: "
+                    "run `logitcache verify --repair` and the dump command again to rewrite them"
+                )
+        self.labels = self.store.read("labels").astype(np.int64)
+        self._seeds: dict[int, np.ndarray] = {}
+        self._views: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="logitcache-prefetch")
+        self._view_bytes = self.encoding.raw_bytes_per_sample() * self.spec.dataset.num_samples
+        self._max_views = max(0, memory_budget // max(1, self._view_bytes))
+
+    @property
+    def num_views(self) -> int:
+        return self.spec.views.total
+
+    def seeds(self, view: int) -> np.ndarray:
+        """(N,) uint32 seeds of one stored view."""
+        with self._lock:
+            if view not in self._seeds:
+                self._seeds[view] = self.store.read("seeds", view)
+            return self._seeds[view]
+
+    def is_clean(self, view: int) -> bool:
+        return self.spec.views.clean and view == 0
+
+    # ------------------------------------------------------------------ view slices
+    def _load(self, view: int) -> dict[str, np.ndarray]:
+        return {name: self.store.read(name, view) for name in self._fields}
+
+    def prefetch(self, view: int) -> None:
+        """Start reading a whole view slice in the background (no-op if over budget or loaded)."""
+        with self._lock:
+            if self._max_views == 0 or view in self._views or view in self._pending:
+                return
+            self._pending[view] = self._pool.submit(self._load, view)
+
+    def _slice(self, view: int) -> dict[str, np.ndarray] | None:
+        if self._max_views == 0:
+            return None
+        with self._lock:
+            if view in self._views:
+                self._views.move_to_end(view)
+                return self._views[view]
+            future = self._pending.pop(view, None)
+        data = future.result() if future is not None else self._load(view)
+        with self._lock:
+            self._views[view] = data
+            while len(self._views) > self._max_views:
+                self._views.popitem(last=False)
+        return data
+
+    # ------------------------------------------------------------------ batches
+    def read(self, views: np.ndarray, samples: np.ndarray) -> TeacherView:
+        """The teacher information of each (views[j], samples[j]) pair, on the CPU, in order."""
+        views = np.broadcast_to(np.asarray(views, dtype=np.int64), np.shape(samples))
+        samples = np.asarray(samples, dtype=np.int64)
+        if samples.size and (samples.min() < 0 or samples.max() >= self.spec.dataset.num_samples):
+            raise IndexError(f"sample index out of range 0..{self.spec.dataset.num_samples - 1}")
+        if views.size and (views.min() < 0 or views.max() >= self.num_views):
+            raise IndexError(f"view index out of range 0..{self.num_views - 1}")
+        rows: dict[str, np.ndarray] = {}
+        for v in np.unique(views):
+            pick = np.flatnonzero(views == v)
+            data = self._slice(int(v))
+            part = (
+                {name: arr[samples[pick]] for name, arr in data.items()}
+                if data is not None
+                else {name: self.store.read(name, int(v), rows=samples[pick]) for name in self._fields}
+            )
+            for name, arr in part.items():
+                if name not in rows:
+                    rows[name] = np.empty((len(samples), *arr.shape[1:]), dtype=arr.dtype)
+                rows[name][pick] = arr
+        return self.encoding.decode(rows, torch.from_numpy(self.labels[samples]))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_matches(spec: CacheSpec, *, dataset_name: str, split: str, num_samples: int, num_classes: int, fingerprint: str,
+                  augmentation: dict | None = None) -> None:
+    """Refuse a cache made for another dataset, split, class count, sample count or augmentation."""
+    d = spec.dataset
+    wanted = {
+        "split": (d.split, split),
+        "number of classes": (d.num_classes, num_classes),
+        "number of samples": (d.num_samples, num_samples),
+        "dataset fingerprint": (d.fingerprint[:16], fingerprint[:16]),
+    }
+    if augmentation is not None:
+        wanted["augmentation"] = (spec.views.augmentation, augmentation)
+    diffs = [f"{what}: cache has {a}, training data has {b}" for what, (a, b) in wanted.items() if a != b]
+    if diffs:
+        raise CacheMismatch(
+            f"cache ({d.name}, {d.split}) does not match the training data ({dataset_name}, {split}): "
+            + "; ".join(diffs)
+            + ". Use the cache made for this data, or dump one for it"
+        )

@@ -1,0 +1,324 @@
+"""The one module that talks to zarr: create, open, lock, write and read a logitcache store.
+
+A store location is a local path, a ``.zip`` file (read-only, made by ``logitcache pack``) or
+an fsspec URL (``file://``, ``s3://``, ``memory://``...) handed to zarr's own store classes.
+
+Integrity: every chunk (and every shard index) carries a crc32c checksum appended by zarr's
+``crc32c`` codec, so a flipped or truncated chunk fails to decode instead of returning data;
+a chunk that is missing altogether (which zarr would silently read as fill values) is found by
+listing the store against the chunk grid. Writes are whole blocks (a shard, or a chunk when
+unsharded) and each block has a progress marker written after its data, so a killed dump never
+leaves a half-written block marked done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
+from zarr.errors import ContainsArrayError, ContainsGroupError
+from zarr.storage import FsspecStore, LocalStore, ZipStore
+
+from ..errors import CacheBusy, CacheCorrupt, CacheError, CacheMismatch, CacheNotFound
+from .encodings import Field, get_encoding
+from .format import ATTR, CacheSpec, Provenance
+
+PROGRESS = "progress"
+WRITING, DONE = 1, 2  # progress marker states; 0 (absent) means not started
+_ZARR_CONFIG = {"write_empty_chunks": True}  # an all-zero chunk is still written, so "absent" means lost
+
+
+def is_url(location: str) -> bool:
+    return "://" in str(location)
+
+
+def _local_path(location: str | os.PathLike) -> Path | None:
+    loc = str(location)
+    if loc.startswith("file://"):
+        return Path(loc[len("file://") :])
+    return None if is_url(loc) else Path(loc).expanduser()
+
+
+def _zarr_store(location: str | os.PathLike, read_only: bool) -> Any:
+    path = _local_path(location)
+    if path is not None and path.suffix == ".zip":
+        if not read_only:
+            raise CacheError(f"{path} is a packed store and read-only: unpack it first (logitcache unpack)")
+        return ZipStore(path, mode="r")
+    if path is not None:
+        return LocalStore(path, read_only=read_only)
+    return FsspecStore.from_url(str(location), read_only=read_only)
+
+
+def _codecs(spec: CacheSpec, dtype: np.dtype) -> list[Any]:
+    codec = spec.codec
+    out: list[Any] = []
+    if codec.compressor == "blosc":
+        out.append(BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle, typesize=dtype.itemsize))
+    if codec.checksum:
+        out.append(Crc32cCodec())
+    return out
+
+
+@dataclass(frozen=True)
+class ChunkProblem:
+    """One bad chunk: which array, which storage key, what is wrong with it."""
+
+    array: str
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.array} chunk {self.key}: {self.problem}"
+
+
+class ZarrStore:
+    """An open logitcache store. Use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, location: str | os.PathLike, group: zarr.Group, spec: CacheSpec, provenance: Provenance) -> None:
+        self.location = str(location)
+        self.group, self.spec, self.provenance = group, spec, provenance
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # ------------------------------------------------------------------ open/create
+    @staticmethod
+    def exists(location: str | os.PathLike) -> bool:
+        path = _local_path(location)
+        if path is not None:
+            return (path / "zarr.json").exists() if path.suffix != ".zip" else path.exists()
+        try:
+            return bool(sync(_zarr_store(location, read_only=True).exists("zarr.json")))
+        except (OSError, ValueError):
+            return False
+
+    @classmethod
+    def open(cls, location: str | os.PathLike, *, read_only: bool = True) -> ZarrStore:
+        """Open an existing store; the format version is checked before anything is read."""
+        path = _local_path(location)
+        if path is not None and not path.exists():
+            raise CacheNotFound(f"no cache at {path}: check the path, or make one with `logitcache dump`")
+        if path is not None and path.is_dir() and not (path / "zarr.json").exists():
+            raise CacheNotFound(f"{path} is not a zarr store (no zarr.json): point at a store made by `logitcache dump`")
+        try:
+            group = zarr.open_group(store=_zarr_store(location, read_only), mode="r" if read_only else "r+")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as e:
+            raise CacheNotFound(f"no cache at {location} ({type(e).__name__}): check the location") from None
+        except (ValueError, TypeError) as e:
+            raise CacheNotFound(f"{location} is not a readable zarr v3 store ({e})") from None
+        meta = group.attrs.get(ATTR)
+        if not isinstance(meta, dict) or "spec" not in meta:
+            raise CacheNotFound(f"{location} is a zarr group but not a logitcache store (no '{ATTR}' attribute)")
+        spec = CacheSpec.from_json(meta["spec"])
+        return cls(location, group, spec, Provenance.from_json(meta.get("provenance", {})))
+
+    @classmethod
+    def create(cls, location: str | os.PathLike, spec: CacheSpec, provenance: Provenance, fields: Sequence[Field]) -> ZarrStore:
+        """Create the group and every array; fails if the location already holds a store."""
+        store = _zarr_store(location, read_only=False)
+        try:
+            group = zarr.create_group(store=store, overwrite=False)
+        except (ContainsGroupError, ContainsArrayError, FileExistsError):
+            raise CacheMismatch(f"{location} already holds a zarr store: pass --overwrite to replace it") from None
+        self = cls(location, group, spec, provenance)
+        n, views, layout = spec.dataset.num_samples, spec.views.total, spec.layout
+        sharded = layout.shard_chunks > 0
+
+        def add(name: str, shape: tuple[int, ...], dtype: str, per_view: bool) -> None:
+            dt = np.dtype(dtype)
+            lead, lead_chunk = ((views,), (1,)) if per_view else ((), ())
+            chunks = (*lead_chunk, min(layout.chunk_samples, n), *shape)
+            shards = (*lead_chunk, min(layout.block_samples, n), *shape) if sharded else None
+            if sharded and shards[len(lead)] % chunks[len(lead)]:
+                shards = None  # fewer samples than a shard: one chunk per block is the same thing
+            group.create_array(
+                name, shape=(*lead, n, *shape), dtype=dt, chunks=chunks, shards=shards,
+                compressors=_codecs(spec, dt), fill_value=0, config=_ZARR_CONFIG,
+            )
+
+        add("labels", (), "int32", per_view=False)
+        add("seeds", (), "uint32", per_view=True)
+        for f in fields:
+            add(f.name, f.trailing, f.dtype, per_view=True)
+        group.create_array(
+            PROGRESS, shape=(views, layout.num_blocks(n)), dtype="uint8", chunks=(1, 1),
+            compressors=[Crc32cCodec()], fill_value=0, config=_ZARR_CONFIG,
+        )
+        self._write_attrs()
+        return self
+
+    @staticmethod
+    def delete(location: str | os.PathLike) -> None:
+        """Remove a store's contents (keeping lock files, which other processes may hold)."""
+        path = _local_path(location)
+        if path is not None:
+            for entry in path.iterdir() if path.is_dir() else []:
+                if not entry.name.startswith(".lock"):
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            return
+        sync(_zarr_store(location, read_only=False).delete_dir(""))
+
+    # ------------------------------------------------------------------ attributes
+    def _write_attrs(self) -> None:
+        self.group.attrs[ATTR] = {"spec": self.spec.to_json(), "provenance": self.provenance.to_json()}
+
+    def set_provenance(self, provenance: Provenance) -> None:
+        """Replace the provenance attribute (zarr writes zarr.json by temporary file + rename)."""
+        self.provenance = provenance
+        self._write_attrs()
+
+    # ------------------------------------------------------------------ arrays
+    def array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.group[name]
+            except KeyError:
+                raise CacheCorrupt(f"array {name!r} is missing from {self.location}: the store is damaged; re-dump it") from None
+        return self._arrays[name]
+
+    def array_names(self) -> list[str]:
+        """Every array of the store, from its spec (listing the group would also meet lock files)."""
+        fields = get_encoding(self.spec.encoding, self.spec.dataset.num_classes).fields()
+        return ["labels", "seeds", *(f.name for f in fields), PROGRESS]
+
+    def write_labels(self, labels: np.ndarray) -> None:
+        self.array("labels")[:] = labels.astype(np.int32)
+
+    def write_block(self, view: int, rows: range, arrays: dict[str, np.ndarray]) -> None:
+        """Write one block of every per-view array; ``rows`` must be a whole block."""
+        for name, data in arrays.items():
+            self.array(name)[view, rows.start : rows.stop] = data
+
+    def mark(self, view: int, block: int, state: int) -> None:
+        self.array(PROGRESS)[view, block] = state
+
+    def progress(self) -> np.ndarray:
+        """(views, blocks) marker states; a marker that fails its checksum counts as 0."""
+        arr = self.array(PROGRESS)
+        try:
+            return arr[:]
+        except Exception:  # a torn marker write: read one by one, treating bad ones as not done
+            out = np.zeros(arr.shape, dtype=np.uint8)
+            for v in range(arr.shape[0]):
+                for b in range(arr.shape[1]):
+                    with contextlib.suppress(Exception):
+                        out[v, b] = arr[v, b]
+            return out
+
+    def read(self, name: str, view: int | None = None, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Read an array (or one view of it, or rows of that view); corrupt chunks raise CacheCorrupt."""
+        arr = self.array(name)
+        sel: tuple = () if view is None else (view,)
+        sel += (slice(None),) if rows is None else (rows,)
+        try:
+            if isinstance(rows, np.ndarray):
+                return arr.get_orthogonal_selection(sel)
+            return arr[sel]
+        except CacheError:
+            raise
+        except Exception as e:
+            bad = self.check_chunks([name], views=None if view is None else [view], decode=True)
+            where = "; ".join(str(p) for p in bad[:3]) or f"{name}: {e}"
+            raise CacheCorrupt(
+                f"corrupt data in {self.location}: {where}. Never use it for training: run "
+                "`logitcache verify` and re-dump the damaged blocks (logitcache verify --repair, then dump again)"
+            ) from None
+
+    # ------------------------------------------------------------------ integrity
+    def storage_keys(self, name: str, views: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+        """Storage key -> storage-grid coordinates, for every shard/chunk of an array."""
+        arr = self.array(name)
+        storage = arr.shards or arr.chunks
+        grid = [-(-size // step) for size, step in zip(arr.shape, storage)]
+        out = {}
+        for c in np.ndindex(*grid):
+            if views is None or len(grid) < 2 or name == "labels" or c[0] in views:
+                out[arr.metadata.encode_chunk_key(c)] = c
+        return out
+
+    def block_of(self, key: str) -> tuple[int, int]:
+        """(view, block) that a per-view storage key ``name/c/<view>/<chunk>[/...]`` belongs to."""
+        parts = key.split("/")
+        arr = self.array(parts[0])
+        view, chunk = int(parts[2]), int(parts[3])
+        return view, chunk * (arr.shards or arr.chunks)[1] // self.spec.layout.block_samples
+
+    def listed_keys(self) -> set[str]:
+        store = self.group.store
+        return set(sync(_collect(store.list_prefix(""))))
+
+    def check_chunks(
+        self, names: Sequence[str] | None = None, *, views: Sequence[int] | None = None, decode: bool = True
+    ) -> list[ChunkProblem]:
+        """Every storage object of the given arrays present and (optionally) decoding cleanly."""
+        names = list(names) if names is not None else self.array_names()
+        present = self.listed_keys()
+        problems: list[ChunkProblem] = []
+        for name in names:
+            arr = self.array(name)
+            storage = arr.shards or arr.chunks
+            for key, coord in self.storage_keys(name, views).items():
+                full_key = f"{name}/{key}"
+                if full_key not in present:
+                    problems.append(ChunkProblem(name, full_key, "missing"))
+                    continue
+                if not decode:
+                    continue
+                sel = tuple(slice(c * s, (c + 1) * s) for c, s in zip(coord, storage))
+                try:
+                    arr[sel]
+                except Exception as e:  # zarr raises ValueError/RuntimeError from codecs
+                    problems.append(ChunkProblem(name, full_key, f"does not decode ({str(e).splitlines()[0][:120]})"))
+        return problems
+
+    def nbytes_stored(self) -> int:
+        path = _local_path(self.location)
+        if path is not None and path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.name.startswith(".lock"))
+        if path is not None:
+            return path.stat().st_size
+        return int(sync(self.group.store.getsize_prefix("")))
+
+
+async def _collect(it: Any) -> list[str]:
+    return [k async for k in it]
+
+
+def _flock(location: str, name: str, *, shared: bool, wait: bool) -> Iterator[None]:
+    path = _local_path(location)
+    if path is None or path.suffix == ".zip":
+        yield
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / f".lock{name}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            raise CacheBusy(
+                f"another logitcache process is writing {location}: wait for it to finish, or dump to another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def flock(
+    location: str | os.PathLike, name: str = "", *, shared: bool = False, wait: bool = False
+) -> contextlib.AbstractContextManager[None]:
+    """Hold an advisory flock on ``.lock<name>`` inside a local store location; no-op for URLs.
+
+    The location need not hold a store yet. The kernel drops the lock when its process dies,
+    even by SIGKILL, so a killed dump never leaves a stale lock behind.
+    """
+    return contextlib.contextmanager(_flock)(str(location), name, shared=shared, wait=wait)

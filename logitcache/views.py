@@ -1,0 +1,295 @@
+"""Seeded, replayable augmented views.
+
+Every (view v, sample i) has a 32-bit seed, a counter-based hash of (dump seed, v, i). The
+augmentation parameters of that view (crop box, flip) are a pure function of the seed and the
+source image size, computed on the CPU with integer or IEEE float64 arithmetic; the ops that use
+them (pad + gather, flip, integer fixed-point resampling) are exact integer operations on
+uint8 tensors, so a view replayed on any device, in any batch, by any worker, is the same
+image to the last bit. Normalisation to float is one IEEE subtraction and one division per
+pixel, which CPU and GPU both round correctly.
+
+Stored view 0 may be the clean image (no crop offset, no flip; for resized crops the usual
+resize-then-centre-crop evaluation transform); augmented views follow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import BadInput
+
+# Columns of a params row.
+TOP, LEFT, HEIGHT, WIDTH, FLIP = range(5)
+_WEIGHT_BITS = 14  # fixed-point precision of resampling weights (each row sums to 2**14)
+
+
+# --------------------------------------------------------------------------- seeds
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective avalanche mix of uint64 words."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _hash(*words: np.ndarray | int) -> np.ndarray:
+    """Counter-based hash of a tuple of integer words (broadcast), uint64 out."""
+    h = np.zeros((), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for w in words:
+            h = _mix64(h + np.asarray(w).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    return h
+
+
+def view_seeds(seed: int, view: int | np.ndarray, index: np.ndarray | Sequence[int]) -> np.ndarray:
+    """The uint32 seed of each (view, sample) pair for a dump with base ``seed``.
+
+    Args:
+        seed: the dump's base seed (``--seed``).
+        view: a view number, or an array broadcast against ``index``.
+        index: sample indices.
+
+    Returns:
+        uint32 array of the broadcast shape.
+    """
+    if seed < 0:
+        raise BadInput(f"seed must be >= 0, got {seed}")
+    return (_hash(seed, view, np.asarray(index)) >> np.uint64(32)).astype(np.uint32)
+
+
+def _uniform(seeds: np.ndarray, stream: int) -> np.ndarray:
+    """float64 in [0, 1) from the seed and a stream number: 53 hash bits, exactly."""
+    bits = _hash(seeds.astype(np.uint64), stream) >> np.uint64(11)
+    return bits.astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _randint(seeds: np.ndarray, stream: int, high: np.ndarray) -> np.ndarray:
+    """Integers in [0, high) by multiply-shift of 32 hash bits (no float involved)."""
+    bits = _hash(seeds.astype(np.uint64), stream) >> np.uint64(32)
+    with np.errstate(over="ignore"):
+        return ((bits * np.asarray(high).astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- spec
+@dataclass(frozen=True, kw_only=True)
+class ViewSpec:
+    """An augmentation policy whose parameters are a pure function of a seed.
+
+    ``kind="crop"``: zero-pad by ``padding``, take a ``size``×``size`` crop at a random offset
+    (CIFAR's RandomCrop). ``kind="resized_crop"``: torchvision's RandomResizedCrop box sampling
+    (``scale``, ``ratio``, ten tries then a centre-crop fallback) resampled to ``size`` with an
+    antialiased integer bilinear filter; its clean view resizes the shorter side to
+    ``eval_resize`` and centre-crops ``size``. ``flip`` adds a horizontal flip with p = 0.5.
+    """
+
+    kind: Literal["crop", "resized_crop"]
+    size: int
+    padding: int = 0
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    eval_resize: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("crop", "resized_crop"):
+            raise BadInput(f"unknown augmentation kind {self.kind!r}: use 'crop' or 'resized_crop'")
+        if self.size <= 0 or self.padding < 0:
+            raise BadInput(f"augmentation size must be > 0 and padding >= 0, got {self}")
+        if self.kind == "resized_crop" and self.eval_resize < self.size:
+            object.__setattr__(self, "eval_resize", int(round(self.size / 0.875)))
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ViewSpec:
+        return cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
+
+    def describe(self) -> str:
+        flip = "+flip" if self.flip else ""
+        if self.kind == "crop":
+            return f"crop({self.size}, pad={self.padding}){flip}"
+        lo, hi = self.scale
+        return f"resized_crop({self.size}, scale=({lo:g},{hi:g})){flip}"
+
+    @classmethod
+    def parse(cls, text: str) -> ViewSpec:
+        """Parse the CLI form: ``crop:32:4[:noflip]`` or ``resized_crop:224[:0.08-1.0][:noflip]``."""
+        parts = text.split(":")
+        try:
+            flip = parts[-1] != "noflip"
+            if not flip:
+                parts = parts[:-1]
+            if parts[0] == "crop":
+                return cls(kind="crop", size=int(parts[1]), padding=int(parts[2]) if len(parts) > 2 else 0, flip=flip)
+            if parts[0] == "resized_crop":
+                scale = tuple(float(s) for s in parts[2].split("-")) if len(parts) > 2 else (0.08, 1.0)
+                return cls(kind="resized_crop", size=int(parts[1]), scale=scale, flip=flip)
+        except (IndexError, ValueError):
+            pass
+        raise BadInput(
+            f"cannot read augmentation {text!r}: use crop:SIZE:PAD[:noflip] or resized_crop:SIZE[:MIN-MAX][:noflip]"
+        )
+
+    # ------------------------------------------------------------------ params
+    def params(self, seeds: np.ndarray, src_hw: np.ndarray, clean: np.ndarray | bool = False) -> np.ndarray:
+        """(B, 5) int64 rows ``[top, left, height, width, flip]`` for each seed.
+
+        Args:
+            seeds: (B,) uint32 view seeds.
+            src_hw: (B, 2) or (2,) source image height and width.
+            clean: (B,) or scalar: True where the clean (unaugmented) view is wanted.
+        """
+        seeds = np.asarray(seeds, dtype=np.uint32).reshape(-1)
+        n = seeds.shape[0]
+        hw = np.broadcast_to(np.asarray(src_hw, dtype=np.int64), (n, 2))
+        clean = np.broadcast_to(np.asarray(clean, dtype=bool), (n,))
+        out = np.empty((n, 5), dtype=np.int64)
+        if self.kind == "crop":
+            self._crop_params(seeds, hw, clean, out)
+        else:
+            self._resized_crop_params(seeds, hw, clean, out)
+        out[:, FLIP] = 0 if not self.flip else np.where(clean, 0, _randint(seeds, 7, 2))
+        return out
+
+    def _crop_params(self, seeds: np.ndarray, hw: np.ndarray, clean: np.ndarray, out: np.ndarray) -> None:
+        pad = self.padding
+        room = hw + 2 * pad - self.size + 1  # number of valid offsets per axis
+        if (room < 1).any():
+            raise BadInput(f"crop size {self.size} is larger than the padded image {hw[0].tolist()}: lower it")
+        out[:, TOP] = np.where(clean, (room[:, 0] - 1) // 2, _randint(seeds, 1, room[:, 0]))
+        out[:, LEFT] = np.where(clean, (room[:, 1] - 1) // 2, _randint(seeds, 2, room[:, 1]))
+        out[:, HEIGHT] = self.size
+        out[:, WIDTH] = self.size
+
+    def _resized_crop_params(self, seeds: np.ndarray, hw: np.ndarray, clean: np.ndarray, out: np.ndarray) -> None:
+        height, width = hw[:, 0].astype(np.float64), hw[:, 1].astype(np.float64)
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        found = np.zeros(len(seeds), dtype=bool)
+        for attempt in range(10):  # torchvision's RandomResizedCrop.get_params, vectorised
+            target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * _uniform(seeds, 10 + 4 * attempt))
+            aspect = np.exp(log_lo + (log_hi - log_lo) * _uniform(seeds, 11 + 4 * attempt))
+            w = np.round(np.sqrt(target_area * aspect)).astype(np.int64)
+            h = np.round(np.sqrt(target_area / aspect)).astype(np.int64)
+            ok = ~found & (w > 0) & (h > 0) & (w <= hw[:, 1]) & (h <= hw[:, 0])
+            out[ok, HEIGHT], out[ok, WIDTH] = h[ok], w[ok]
+            out[ok, TOP] = _randint(seeds[ok], 12 + 4 * attempt, hw[ok, 0] - h[ok] + 1)
+            out[ok, LEFT] = _randint(seeds[ok], 13 + 4 * attempt, hw[ok, 1] - w[ok] + 1)
+            found |= ok
+        # Fallback (as torchvision): the whole image, clipped to the allowed aspect ratios.
+        rest = ~found
+        in_ratio = width / height
+        w = np.where(in_ratio < self.ratio[0], width, np.where(in_ratio > self.ratio[1], np.round(height * self.ratio[1]), width))
+        h = np.where(in_ratio < self.ratio[0], np.round(width / self.ratio[0]), height)
+        self._centre(out, rest, hw, h.astype(np.int64), w.astype(np.int64))
+        # Clean view: resize the shorter side to eval_resize, centre-crop size; as a source box.
+        side = np.round(np.minimum(height, width) * self.size / self.eval_resize).astype(np.int64)
+        side = np.clip(side, 1, np.minimum(hw[:, 0], hw[:, 1]))
+        self._centre(out, clean, hw, side, side)
+
+    @staticmethod
+    def _centre(out: np.ndarray, mask: np.ndarray, hw: np.ndarray, h: np.ndarray, w: np.ndarray) -> None:
+        h, w = np.broadcast_to(h, mask.shape), np.broadcast_to(w, mask.shape)
+        out[mask, HEIGHT], out[mask, WIDTH] = h[mask], w[mask]
+        out[mask, TOP] = (hw[mask, 0] - h[mask]) // 2
+        out[mask, LEFT] = (hw[mask, 1] - w[mask]) // 2
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, images: Tensor, params: np.ndarray | Tensor) -> Tensor:
+        """Apply the views to a batch of same-size uint8 images (B, C, H, W) on any device."""
+        if images.dtype != torch.uint8:
+            raise BadInput(f"views apply to uint8 images, got {images.dtype}")
+        params = torch.as_tensor(np.asarray(params), dtype=torch.int64)
+        if self.kind == "crop":
+            out = _crop(images, params.to(images.device), self.padding, self.size)
+        else:
+            out = torch.stack([_resample(img, p.tolist(), self.size) for img, p in zip(images, params.cpu())])
+        return _flip(out, params[:, FLIP].to(images.device))
+
+    def apply_one(self, image: Tensor, params_row: np.ndarray | Sequence[int]) -> Tensor:
+        """Apply one view to one uint8 image (C, H, W) of any size; used by loader workers."""
+        return self.apply(image[None], np.asarray(params_row, dtype=np.int64)[None])[0]
+
+
+def _crop(images: Tensor, params: Tensor, pad: int, size: int) -> Tensor:
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
+    offs = torch.arange(size, device=images.device)
+    rows = (params[:, TOP, None] + offs)[:, :, None]  # (B, size, 1)
+    cols = (params[:, LEFT, None] + offs)[:, None, :]  # (B, 1, size)
+    batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _flip(images: Tensor, flip: Tensor) -> Tensor:
+    return torch.where(flip.bool()[:, None, None, None], images.flip(-1), images)
+
+
+def _filter_taps(start: int, length: int, src_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Antialiased triangle-filter taps mapping [start, start+length) of an axis to out_size.
+
+    Returns integer (out_size, taps) source indices and weights; each row's weights sum to
+    2**14 exactly, so the resampling is integer arithmetic, identical on every device.
+    """
+    scale = length / out_size
+    support = max(scale, 1.0)  # widen the filter when shrinking: antialiasing
+    centres = start + (np.arange(out_size) + 0.5) * scale
+    lo = np.floor(centres - support).astype(np.int64)
+    taps = int(math.ceil(2 * support)) + 2
+    idx = lo[:, None] + np.arange(taps)[None, :]
+    weight = np.clip(1.0 - np.abs((idx + 0.5 - centres[:, None]) / support), 0.0, None)
+    weight[(idx < start) | (idx >= start + length)] = 0.0
+    weight /= weight.sum(axis=1, keepdims=True)
+    fixed = np.floor(weight * (1 << _WEIGHT_BITS) + 0.5).astype(np.int64)
+    # Put the rounding remainder on the largest tap so that every row sums to exactly 2**14.
+    fixed[np.arange(out_size), weight.argmax(axis=1)] += (1 << _WEIGHT_BITS) - fixed.sum(axis=1)
+    return np.clip(idx, 0, src_size - 1), fixed
+
+
+def _resample(image: Tensor, p: Sequence[int], size: int) -> Tensor:
+    """Crop the box ``p`` out of a (C, H, W) uint8 image and resize it to size × size."""
+    _, src_h, src_w = image.shape
+    rows, wy = _filter_taps(p[TOP], p[HEIGHT], src_h, size)
+    cols, wx = _filter_taps(p[LEFT], p[WIDTH], src_w, size)
+    dev = image.device
+    rows, wy, cols, wx = (torch.as_tensor(a, device=dev) for a in (rows, wy, cols, wx))
+    x = image.to(torch.int64)
+    x = (x[:, :, cols] * wx).sum(-1)  # (C, H, size): horizontal pass, 2**14 scale
+    x = (x[:, rows, :] * wy[None, :, :, None]).sum(2)  # (C, size, size), 2**28 scale
+    half = 1 << (2 * _WEIGHT_BITS - 1)
+    return ((x + half) >> (2 * _WEIGHT_BITS)).clamp_(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- normalise
+@dataclass(frozen=True)
+class Normalize:
+    """Per-channel (x / 255 - mean) / std, applied on the training device."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        key = images.device
+        if key not in self._cache:
+            self._cache[key] = (
+                torch.tensor(self.mean, dtype=torch.float32, device=key).view(1, -1, 1, 1),
+                torch.tensor(self.std, dtype=torch.float32, device=key).view(1, -1, 1, 1),
+            )
+        mean, std = self._cache[key]
+        return (images.to(torch.float32) / 255.0 - mean) / std
