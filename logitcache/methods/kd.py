@@ -1,0 +1,91 @@
+"""Hinton KD (arXiv 1503.02531) with mdistiller's conventions and optional logit standardisation.
+
+Loss (reference §2): ``w_ce·CE(z_s, y) + w_kd·T²·KL(softmax(z_t/T) || softmax(z_s/T))``,
+batchmean; mdistiller ``KD.py`` / CRD defaults w_ce = 0.1, w_kd = 0.9, T = 4. With
+``logit_stand`` both logit matrices are z-scored first (Sun et al., CVPR 2024, reference §7).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..teacher_view import TeacherView
+from ._common import check_positive, cross_entropy, prepare, standardize, temperature_kl
+from ._registry import LS_PRESET, pair_preset_name, register_method
+
+# KD+LS per-pair settings (τ, λ_KD) from logit-standardization-KD's log file names (reference §7).
+LS_PAIRS: dict[tuple[str, str], tuple[float, float]] = {
+    ("resnet32x4", "resnet8x4"): (2, 9),
+    ("vgg13", "vgg8"): (3, 9),
+    ("wrn_40_2", "wrn_40_1"): (2, 9),
+    ("wrn_40_2", "wrn_16_2"): (2, 9),
+    ("resnet56", "resnet20"): (2, 9),
+    ("resnet110", "resnet32"): (2, 9),
+    ("resnet110", "resnet20"): (4, 12),
+    ("resnet32x4", "ShuffleV2"): (2, 9),
+    ("resnet32x4", "wrn_16_2"): (3, 9),
+    ("resnet32x4", "wrn_40_2"): (3, 9),
+    ("wrn_40_2", "resnet8x4"): (2, 9),
+    ("wrn_40_2", "MobileNetV2"): (3, 9),
+    ("vgg13", "MobileNetV2"): (3, 9),
+    ("ResNet50", "MobileNetV2"): (3, 1),
+}
+
+# "ls": the LS paper's KD defaults τ = 2, λ_KD = 9, λ_CE = 0.1 (Table 4 caption, code flags).
+PRESETS: dict[str, dict[str, object]] = {
+    LS_PRESET: {"logit_stand": True, "temperature": 2.0, "kd_weight": 9.0, "ce_weight": 0.1},
+    **{
+        pair_preset_name(t, s, logit_stand=True): {
+            "logit_stand": True,
+            "ce_weight": 0.1,
+            "temperature": float(tau),
+            "kd_weight": float(lam),
+        }
+        for (t, s), (tau, lam) in LS_PAIRS.items()
+    },
+}
+
+
+@register_method("kd", presets=PRESETS)
+def kd(
+    student_logits: Tensor,
+    teacher: TeacherView,
+    target: Tensor,
+    *,
+    epoch: int,
+    ce_weight: float = 0.1,
+    kd_weight: float = 0.9,
+    temperature: float = 4.0,
+    logit_stand: bool = False,
+) -> dict[str, Tensor]:
+    """Hinton KD: CE plus the T²-scaled KL between temperature-softened distributions.
+
+    Hinton et al. 2015, as implemented by mdistiller ``kd_loss`` (reference §2):
+    ``kd = T² · mean_b Σ_c p^t_c (log p^t_c − log p^s_c)`` with ``p = softmax(z / T)``.
+    No warm-up. With ``logit_stand`` (Sun et al. CVPR 2024, Algorithm 1's z-score; reference §7)
+    teacher and student logits are each z-scored per row before ``/ T``; CE keeps the raw
+    logits. The "ls" preset sets the paper's T = 2, kd_weight = 9, ce_weight = 0.1, and
+    "ls:<teacher>-<student>" the per-pair (τ, λ_KD) of the LS authors' logs.
+
+    Args:
+        student_logits: (B, C) student logits.
+        teacher: The batch's teacher view (full or top-k rebuild logits).
+        target: (B,) int64 labels.
+        epoch: 1-based epoch; unused (KD has no warm-up).
+        ce_weight: Weight of the cross-entropy term (mdistiller/CRD: 0.1).
+        kd_weight: Weight of the KD term (mdistiller/CRD: 0.9; LS: λ_KD = 9).
+        temperature: Softmax temperature T (4; LS base temperature τ = 2).
+        logit_stand: Z-score both logit matrices before the temperature.
+
+    Returns:
+        ``{"ce": ce_weight·CE, "kd": kd_weight·T²·KL}``.
+    """
+    check_positive("kd", temperature=temperature)
+    z_s, z_t = prepare(student_logits, teacher.logits)
+    ce = cross_entropy(z_s, target)
+    if logit_stand:
+        z_s, z_t = standardize(z_s), standardize(z_t)
+    log_p_t = F.log_softmax(z_t / temperature, dim=1)
+    log_p_s = F.log_softmax(z_s / temperature, dim=1)
+    return {"ce": ce_weight * ce, "kd": kd_weight * temperature_kl(log_p_t, log_p_s, temperature)}
