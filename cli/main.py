@@ -12,7 +12,7 @@ import typer
 
 from logitcache.errors import LogitcacheError
 
-from . import dump, info, models, verify
+from . import demo, dump, eval, info, methods, models, train, verify
 
 app = typer.Typer(
     name="logitcache",
@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-for module in (dump, info, verify, models):
+for module in (demo, dump, info, verify, train, eval, models, methods):
     module.register(app)
 
 

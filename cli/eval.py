@@ -1,0 +1,28 @@
+"""``logitcache eval``: accuracy and calibration of a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from logitcache.train import evaluate_checkpoint
+
+from ._options import DataRootOpt, DeviceOpt
+
+
+def eval_command(
+    model: Annotated[str, typer.Option(help="Model name the checkpoint belongs to.")],
+    checkpoint: Annotated[str, typer.Option(help="State dict (e.g. a run's best.pt).")],
+    dataset: Annotated[str, typer.Option(help="Dataset to evaluate on.")],
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Report top-1/top-5 accuracy, NLL and expected calibration error on clean images."""
+    m = evaluate_checkpoint(model, checkpoint, dataset, split=split, data_root=data_root, device=device)
+    typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  NLL {m['nll']:.4f}  ECE {m['ece']:.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,95 @@
+"""``logitcache train``: train a student from a cache, a live teacher, or labels only."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from logitcache.errors import BadInput
+from logitcache.train import TrainConfig, train
+
+from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt
+
+
+def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Read a TOML file whose keys are option names; explicit command-line options win."""
+    if not value:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise typer.BadParameter(f"{path} is not valid TOML: {e}") from None
+    names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
+    values = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise typer.BadParameter(f"unknown key(s) {', '.join(unknown)} in {path}; valid keys: {', '.join(sorted(names))}")
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+def train_command(
+    student: Annotated[str, typer.Option(help="Student model name (`logitcache models`) or tv:<name>.")],
+    dataset: Annotated[str, typer.Option(help="Dataset the student trains on (must match the cache).")],
+    out: Annotated[str, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt, summary.json.")],
+    method: Annotated[str, typer.Option(help="KD method (`logitcache methods`); ce trains without a teacher.")] = "kd",
+    cache: Annotated[str | None, typer.Option(help="Teacher-logit cache made by `logitcache dump`.")] = None,
+    teacher_online: Annotated[bool, typer.Option(help="Run the teacher live on the same replayed views instead of reading the cache.")] = False,
+    teacher: Annotated[str | None, typer.Option(help="Teacher model (for --teacher-online and presets); default: the cache's.")] = None,
+    checkpoint: CheckpointOpt = None,
+    random_init_teacher: Annotated[bool, typer.Option(help="Online teacher with seeded random weights (tests only).")] = False,
+    data_root: DataRootOpt = None,
+    preset: Annotated[str | None, typer.Option(help="Hyper-parameter preset: auto (the published one for this teacher-student pair, if any), a preset name, or none.")] = "auto",
+    logit_stand: Annotated[bool, typer.Option(help="Logit standardization (Sun et al. 2024) with its published weights.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Hyper-parameter override KEY=VALUE (repeatable); `logitcache methods` lists them.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 240,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
+    lr: Annotated[float | None, typer.Option(help="Learning rate [default: 0.05; 0.01 for MobileNetV2/ShuffleNet].")] = None,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 5e-4,
+    milestones: Annotated[str | None, typer.Option(help="Comma-separated epochs where lr is multiplied by --lr-decay [default: 62.5/75/87.5 % of --epochs].")] = None,
+    lr_decay: Annotated[float, typer.Option(help="Learning-rate factor at each milestone.")] = 0.1,
+    view_policy: Annotated[str, typer.Option(help="cycle (view e mod V in epoch e) or random (seeded random view per sample and epoch).")] = "cycle",
+    views: Annotated[int | None, typer.Option(help="Without a cache: views to derive [default: one per epoch].")] = None,
+    view_seed: Annotated[int, typer.Option(help="Without a cache: the seed views derive from (as dump --seed).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the student's initialisation and the sample order.")] = 0,
+    device: DeviceOpt = "auto",
+    workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+    config: Annotated[str | None, typer.Option(help="TOML file of options (keys as option names); command-line options win.", is_eager=True, callback=_load_config)] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a student with a KD method from cached teacher logits.
+
+    Each epoch shows every sample one stored view and reads that view's teacher logits, so
+    the student sees exactly the image the teacher saw. --teacher-online runs the same loop
+    with the teacher computing logits live (for comparison, or without a cache); --method ce
+    without a teacher trains a model from labels (this is how you make a teacher).
+    """
+    try:
+        stones = tuple(int(s) for s in milestones.split(",")) if milestones else None
+    except ValueError:
+        raise BadInput(f"cannot read --milestones {milestones!r}: use comma-separated epochs, e.g. 150,180,210") from None
+    cfg = TrainConfig(
+        student=student, dataset=dataset, out=out, method=method, data_root=data_root, cache=cache,
+        teacher_online=teacher_online, teacher=teacher, checkpoint=checkpoint, random_init_teacher=random_init_teacher,
+        preset=None if preset in (None, "none") else preset, logit_stand=logit_stand, overrides=tuple(set_ or ()),
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=stones,
+        lr_decay=lr_decay, view_policy=view_policy, views=views, view_seed=view_seed, seed=seed, device=device,
+        workers=workers, resume=resume, progress=not quiet,
+    )
+    result = train(cfg)
+    hp = ", ".join(f"{k}={v}" for k, v in result.hparams.items())
+    typer.echo(f"{method} ({hp}): best test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, "
+               f"last {result.last_acc:.2f}%, {result.seconds:.1f} s; teacher forwards saved {result.teacher_forwards_saved:,}")
+    typer.echo(f"run saved in {result.out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

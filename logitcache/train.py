@@ -1,0 +1,406 @@
+"""Stage two: train a student from cached teacher logits (or a live teacher, or none).
+
+Every epoch shows each sample one stored view, chosen by a seeded policy (``cycle``: view
+``e mod V`` for every sample in epoch e, so an epoch reads one view slice sequentially;
+``random``: a seeded random view per (epoch, sample)). The view's augmentation is replayed
+from its stored seed on the training device, and that view's teacher information is read
+from the cache, so teacher and student see the same image. ``teacher_online`` swaps the cache
+read for the teacher's forward pass on the same batch; nothing else changes.
+
+The defaults are the mdistiller CIFAR recipe: SGD momentum 0.9, weight decay 5e-4, batch 64,
+240 epochs, lr 0.05 (0.01 for MobileNetV2/ShuffleNet students) decayed ×0.1 at 62.5 %, 75 %
+and 87.5 % of training (epochs 150, 180, 210 of 240).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import _utils
+from .datasets import ImageDataset, open_dataset
+from .errors import BadInput
+from .evaluate import evaluate_model
+from .loader import ViewBatch, augmented_batches
+from .methods import get_method, resolve_hparams
+from .models import create_model, load_checkpoint
+from .store.reader import CacheReader, check_matches
+from .teacher import build_teacher
+from .teacher_view import TeacherView
+from .views import ViewSpec, _hash, view_seeds
+
+SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+VIEW_POLICIES = ("cycle", "random")
+MILESTONE_FRACTIONS = (150 / 240, 180 / 240, 210 / 240)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything ``train`` needs; the CLI (and ``--config run.toml``) builds one."""
+
+    student: str
+    dataset: str
+    out: str
+    method: str = "kd"
+    data_root: str | None = None
+    cache: str | None = None
+    teacher_online: bool = False
+    teacher: str | None = None
+    checkpoint: str | None = None
+    random_init_teacher: bool = False
+    preset: str | None = "auto"
+    logit_stand: bool = False
+    overrides: tuple[str, ...] = ()  # "key=value" hyper-parameter settings
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float | None = None  # None: 0.05, or 0.01 for MobileNetV2/ShuffleNet students
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] | None = None  # None: 62.5/75/87.5 % of epochs
+    lr_decay: float = 0.1
+    view_policy: str = "cycle"
+    views: int | None = None  # without a cache: augmented views to derive (None: one per epoch)
+    view_seed: int = 0  # without a cache: the seed views are derived from, as a dump would
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    resume: bool = False
+    progress: bool = True
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.student in SMALL_LR_STUDENTS else 0.05
+
+    def resolved_milestones(self) -> tuple[int, ...]:
+        if self.milestones is not None:
+            return tuple(self.milestones)
+        return tuple(max(1, round(f * self.epochs)) for f in MILESTONE_FRACTIONS)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["overrides"], d["milestones"] = list(self.overrides), self.milestones and list(self.milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    out: str
+    best_acc: float
+    best_epoch: int
+    last_acc: float
+    epochs: int
+    seconds: float
+    teacher_forwards_saved: int
+    teacher_forwards_run: int
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"cannot read --set {item!r}: use KEY=VALUE, e.g. --set beta=2")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class _Views:
+    """The stored views a run draws from, and their seeds: the cache's, or derived as a dump would."""
+
+    def __init__(self, n: int, reader: CacheReader | None, config: TrainConfig) -> None:
+        self.n, self.reader = n, reader
+        if reader is not None:
+            self.augmented = list(reader.spec.views.augmented)
+            self.base_seed = reader.spec.views.seed
+        else:
+            count = config.views or config.epochs
+            if count < 1:
+                raise BadInput(f"--views must be >= 1, got {count}")
+            self.augmented = list(range(1, count + 1))  # view 0 is the clean view, as in a dump
+            self.base_seed = config.view_seed
+        self._seeds: dict[int, np.ndarray] = {}
+
+    def seeds(self, view: int) -> np.ndarray:
+        if self.reader is not None:
+            return self.reader.seeds(view)
+        if view not in self._seeds:
+            self._seeds[view] = view_seeds(self.base_seed, view, np.arange(self.n))
+        return self._seeds[view]
+
+    def for_epoch(self, policy: str, epoch: int, seed: int) -> np.ndarray:
+        """(N,) the stored view each sample shows in ``epoch`` (1-based)."""
+        count = len(self.augmented)
+        if policy == "cycle":
+            return np.full(self.n, self.augmented[(epoch - 1) % count])
+        pick = (_hash(seed, epoch, np.arange(self.n)) % np.uint64(count)).astype(np.int64)
+        return np.asarray(self.augmented)[pick]
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The seeded sample order of an epoch: the same for any device, worker count or resume."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split an epoch order into batches; a trailing batch of one sample (which BatchNorm cannot
+    normalise in training mode) is dropped."""
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainResult:
+    """Run stage two; see the module docstring. Writes into ``config.out``:
+
+    ``config.json`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``last.pt``
+    (model, optimizer, scheduler, RNG, epoch: for ``resume``), ``best.pt`` (weights of the
+    best test epoch, loadable as a checkpoint anywhere) and ``summary.json``.
+    """
+    _validate(config)
+    device = _utils.resolve_device(config.device)
+    method = get_method(config.method)
+    train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
+    test_set = open_dataset(config.dataset, "test", data_root=config.data_root)
+
+    reader = CacheReader(config.cache) if config.cache else None
+    teacher_name = config.teacher or (reader.spec.teacher.name if reader else None)
+    if reader is not None:
+        _check_cache(reader, train_set, config)
+    teacher = None
+    if config.teacher_online:
+        if teacher_name is None:
+            raise BadInput("--teacher-online needs --teacher NAME (and --checkpoint)")
+        teacher = build_teacher(teacher_name, train_set.num_classes, checkpoint=config.checkpoint,
+                                random_init=config.random_init_teacher, seed=config.view_seed, device=device)
+    if method.needs_teacher and reader is None and teacher is None:
+        raise BadInput(
+            f"method {config.method} needs teacher logits: pass --cache STORE, or --teacher-online "
+            "--teacher NAME --checkpoint PATH (or use --method ce)"
+        )
+    hparams = resolve_hparams(
+        config.method, overrides=parse_overrides(config.overrides), preset=config.preset,
+        logit_stand=config.logit_stand, teacher=teacher_name, student=config.student,
+    )
+    view_spec = ViewSpec.from_json(reader.spec.views.augmentation) if reader else train_set.train_view
+    views = _Views(len(train_set), reader, config)
+
+    out = Path(config.out)
+    is_main = rank == 0
+    start_epoch, state = _prepare_out(out, config, is_main)
+    torch.manual_seed(config.seed)
+    student = create_model(config.student, num_classes=train_set.num_classes).to(device)
+    model = _wrap_distributed(student, device, world_size)
+    optimizer = torch.optim.SGD(student.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
+                                                     gamma=config.lr_decay)
+    best = {"acc": -1.0, "epoch": 0}
+    if state is not None:
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        best = {"acc": state["best_acc"], "epoch": state["best_epoch"]}
+    if is_main:
+        _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, reader, teacher_name, device))
+
+    wall = time.perf_counter()
+    last_acc, forwards_run = float("nan"), 0
+    for epoch in range(start_epoch, config.epochs + 1):
+        epoch_views = views.for_epoch(config.view_policy, epoch, config.seed)
+        if reader is not None and config.view_policy == "cycle" and epoch < config.epochs:
+            reader.prefetch(int(views.for_epoch("cycle", epoch + 1, config.seed)[0]))
+        stats, forwards = _train_epoch(
+            model, method.fn, hparams, train_set, view_spec, views, epoch_views, reader, teacher,
+            config, epoch, optimizer, device, rank, world_size,
+        )
+        forwards_run += forwards
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        test = evaluate_model(student, test_set, device=device)
+        last_acc = test["top1"]
+        if last_acc > best["acc"]:
+            best = {"acc": last_acc, "epoch": epoch}
+            if is_main:
+                _utils.atomic_torch_save({"model": student.state_dict(), "epoch": epoch, "acc": last_acc}, out / "best.pt")
+        if is_main:
+            record = {"epoch": epoch, "lr": lr, **stats,
+                      **{f"test_{k}": v for k, v in test.items()}}
+            _append_metrics(out / "metrics.jsonl", record)
+            _utils.atomic_torch_save({
+                "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                "best_acc": best["acc"], "best_epoch": best["epoch"],
+            }, out / "last.pt")
+    seconds = time.perf_counter() - wall
+    uses_cache = reader is not None and teacher is None and method.needs_teacher
+    result = TrainResult(
+        out=str(out), best_acc=best["acc"], best_epoch=best["epoch"], last_acc=last_acc, epochs=config.epochs,
+        seconds=seconds, hparams=hparams, teacher_forwards_run=forwards_run,
+        teacher_forwards_saved=len(train_set) * (config.epochs - start_epoch + 1) if uses_cache else 0,
+    )
+    if is_main:
+        _utils.atomic_write_json(out / "summary.json", dataclasses.asdict(result))
+    if reader is not None:
+        reader.close()
+    return result
+
+
+def _validate(config: TrainConfig) -> None:
+    if config.epochs < 1 or config.batch_size < 2:
+        raise BadInput("--epochs must be >= 1 and --batch-size >= 2 (BatchNorm needs two samples)")
+    if config.view_policy not in VIEW_POLICIES:
+        raise BadInput(f"unknown --view-policy {config.view_policy!r}: use {' or '.join(VIEW_POLICIES)}")
+    if config.cache and config.views is not None:
+        raise BadInput("--views is taken from the cache: drop it (or drop --cache)")
+
+
+def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConfig) -> None:
+    check_matches(reader.spec, dataset_name=train_set.name, split="train", num_samples=len(train_set),
+                  num_classes=train_set.num_classes, fingerprint=train_set.fingerprint)
+    if config.teacher and config.teacher != reader.spec.teacher.name and not config.teacher_online:
+        raise BadInput(
+            f"--teacher {config.teacher} but the cache holds logits of {reader.spec.teacher.name}: "
+            "drop --teacher or use the cache made with that teacher"
+        )
+
+
+def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, dict | None]:
+    """(first epoch to run, saved state) — refusing to overwrite another run."""
+    last = out / "last.pt"
+    if config.resume:
+        if not last.exists():
+            raise BadInput(f"nothing to resume in {out}: no last.pt (drop --resume to start the run)")
+        saved = json.loads((out / "config.json").read_text())["config"]
+        diffs = [k for k, v in config.to_json().items() if k not in ("resume", "progress", "device", "workers") and saved.get(k) != v]
+        if diffs:
+            raise BadInput(f"--resume with other settings than the run in {out} ({', '.join(diffs)}): use the same options")
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if is_main:
+            _truncate_metrics(out / "metrics.jsonl", state["epoch"])
+        return state["epoch"] + 1, state
+    if out.exists() and any(out.iterdir()):
+        raise BadInput(f"{out} already holds files: pass --resume to continue that run, or choose another --out")
+    return 1, None
+
+
+def _config_record(config: TrainConfig, hparams: dict, reader: CacheReader | None, teacher: str | None,
+                   device: torch.device) -> dict:
+    return {
+        "config": config.to_json(),
+        "hparams": hparams,
+        "lr": config.resolved_lr(),
+        "milestones": list(config.resolved_milestones()),
+        "teacher": teacher,
+        "cache": None if reader is None else {"location": config.cache, "spec": reader.spec.to_json()},
+        "device": str(device),
+        "versions": {"logitcache": _utils.tool_version(), "torch": torch.__version__},
+    }
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
+    _utils.atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    if world_size == 1:
+        return student
+    from .distributed import wrap_ddp
+
+    return wrap_ddp(student, device)
+
+
+def _train_epoch(model, loss_fn, hparams, train_set, view_spec, views, epoch_views, reader, teacher, config,
+                 epoch, optimizer, device, rank, world_size) -> tuple[dict[str, float], int]:
+    model.train()
+    order = epoch_order(config.seed, epoch, len(train_set))
+    batches = global_batches(order, config.batch_size)
+    totals: dict[str, float] = defaultdict(float)
+    seen = correct = forwards = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(order), unit="img", unit_scale=True, desc=f"epoch {epoch}/{config.epochs}",
+               disable=not config.progress or rank != 0, leave=False)
+
+    def local_batches() -> Iterator[ViewBatch]:
+        for g in batches:
+            mine = g[rank::world_size]
+            v = epoch_views[mine]
+            seeds = np.empty(len(mine), dtype=np.uint32)
+            for view in np.unique(v):
+                pick = v == view
+                seeds[pick] = views.seeds(int(view))[mine[pick]]
+            yield ViewBatch(samples=mine, seeds=seeds, clean=np.zeros(len(mine), dtype=bool))
+
+    labels_all = torch.from_numpy(train_set.labels)
+    for g, (batch, images) in zip(batches, augmented_batches(train_set, view_spec, local_batches(), device=device,
+                                                             workers=config.workers)):
+        target = labels_all[batch.samples].to(device, non_blocking=True)
+        tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device)
+        forwards += len(batch) if teacher is not None else 0
+        logits = model(images)
+        losses = loss_fn(logits, tview, target, epoch=epoch, **hparams)
+        loss = sum(losses.values())
+        # Scale so that DDP's gradient average over ranks equals the mean over the global batch.
+        scale = len(batch) * world_size / len(g)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * scale).backward()
+        optimizer.step()
+        n = len(batch)
+        for k, v in losses.items():
+            totals[k] += float(v.detach()) * n
+        totals["loss"] += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(dim=1) == target).sum())
+        seen += n
+        bar.update(len(g))
+        bar.set_postfix({k: f"{v / seen:.3f}" for k, v in totals.items()} | {"acc": f"{100 * correct / seen:.1f}"})
+        if not math.isfinite(float(loss.detach())):
+            raise BadInput(f"loss became {float(loss.detach())} at epoch {epoch}: lower --lr or check --set values")
+    bar.close()
+    seconds = time.perf_counter() - start
+    stats = {f"train_{k}": v / seen for k, v in totals.items()}
+    stats.update(train_acc=100.0 * correct / seen, seconds=seconds, samples_per_second=seen * world_size / seconds)
+    return stats, forwards
+
+
+def _teacher_view(reader, teacher, views, samples, images, target, device) -> TeacherView | None:
+    if teacher is not None:
+        with torch.inference_mode():
+            logits = teacher(images).float()
+        return TeacherView.from_logits(logits.clone(), target)
+    if reader is not None:
+        return reader.read(views, samples).to(device)
+    return None
+
+
+def evaluate_checkpoint(model_name: str, checkpoint: str | os.PathLike, dataset: str, *, split: str = "test",
+                        data_root: str | None = None, device: str = "auto") -> dict[str, float]:
+    """Top-1/top-5 (%), NLL and ECE of a checkpoint on the clean images of a dataset split."""
+    dev = _utils.resolve_device(device)
+    data = open_dataset(dataset, split, data_root=data_root)
+    model = create_model(model_name, num_classes=data.num_classes)
+    load_checkpoint(model, checkpoint)
+    return evaluate_model(model.to(dev), data, device=dev)
