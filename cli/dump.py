@@ -70,7 +70,8 @@ def dump_command(
         acc = result.teacher_test_accuracy
         typer.echo(f"complete: {out}" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
     else:
-        typer.echo(f"not complete yet: {out} (other shards still writing; `logitcache dump --finalize` when they are done)")
+        typer.echo(f"not complete yet: {out} (other shards still writing; the last to finish completes it, "
+                   "or re-run this command once they are all done)")
 
 
 def register(app: typer.Typer) -> None:

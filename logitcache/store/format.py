@@ -21,6 +21,7 @@ ATTR = "logitcache"
 DTYPES = ("fp32", "fp16", "bf16")
 TOPK_DTYPES = DTYPES + ("q8",)
 COMPRESSORS = ("blosc", "none")
+BLOSC_CNAMES = ("zstd", "lz4", "lz4hc", "blosclz", "zlib", "snappy")
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
 
 
@@ -114,6 +115,8 @@ class CodecInfo:
 
     def __post_init__(self) -> None:
         _check(self.compressor in COMPRESSORS, f"unknown compressor {self.compressor!r}: use {', '.join(COMPRESSORS)}")
+        if self.compressor == "blosc":
+            _check(self.cname in BLOSC_CNAMES, f"unknown blosc compressor {self.cname!r}: use {', '.join(BLOSC_CNAMES)}")
         _check(self.shuffle in SHUFFLES, f"unknown shuffle {self.shuffle!r}: use {', '.join(SHUFFLES)}")
         _check(0 <= self.clevel <= 9, f"compression level must be 0..9, got {self.clevel}")
 

@@ -111,7 +111,8 @@ class CacheReader:
             raise IndexError(f"sample index out of range 0..{self.spec.dataset.num_samples - 1}")
         if views.size and (views.min() < 0 or views.max() >= self.num_views):
             raise IndexError(f"view index out of range 0..{self.num_views - 1}")
-        rows: dict[str, np.ndarray] = {}
+        # Allocated from the fields (not from the first view read), so that an empty batch decodes too.
+        rows = {f.name: np.empty((len(samples), *f.trailing), dtype=f.dtype) for f in self.encoding.fields()}
         for v in np.unique(views):
             pick = np.flatnonzero(views == v)
             data = self._slice(int(v))
@@ -121,8 +122,6 @@ class CacheReader:
                 else {name: self.store.read(name, int(v), rows=samples[pick]) for name in self._fields}
             )
             for name, arr in part.items():
-                if name not in rows:
-                    rows[name] = np.empty((len(samples), *arr.shape[1:]), dtype=arr.dtype)
                 rows[name][pick] = arr
         return self.encoding.decode(rows, torch.from_numpy(self.labels[samples]))
 

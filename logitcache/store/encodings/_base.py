@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..._registry import Registry
+from ...errors import DataError
 from ...teacher_view import TeacherView
 from ..format import EncodingInfo
 
@@ -60,10 +61,20 @@ def list_encodings() -> list[str]:
 
 
 def to_stored(x: Tensor, dtype: str) -> np.ndarray:
-    """fp32 tensor -> numpy in the stored dtype; bf16 travels as its uint16 bit pattern."""
+    """fp32 tensor -> numpy in the stored dtype; bf16 travels as its uint16 bit pattern.
+
+    Raises:
+        DataError: a finite logit too large for fp16 (|z| > 65504), which would be stored as inf.
+    """
     if dtype == "bf16":
         return x.to(torch.bfloat16).view(torch.uint16).numpy()
-    return x.to(torch.float16 if dtype == "fp16" else torch.float32).numpy()
+    out = x.to(torch.float16 if dtype == "fp16" else torch.float32)
+    if dtype == "fp16" and bool(torch.isinf(out).any()) and bool(torch.isfinite(x).all()):
+        raise DataError(
+            f"teacher logits reach {float(x.abs().max()):.6g}, beyond what fp16 stores (65504): "
+            "dump with --dtype bf16 or --dtype fp32"
+        )
+    return out.numpy()
 
 
 def from_stored(a: np.ndarray | Tensor, dtype: str) -> Tensor:
