@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from logitcache.distributed import distributed_context
 from logitcache.errors import BadInput
 from logitcache.train import TrainConfig, train
 
@@ -84,7 +85,11 @@ def train_command(
         lr_decay=lr_decay, view_policy=view_policy, views=views, view_seed=view_seed, seed=seed, device=device,
         workers=workers, resume=resume, progress=not quiet,
     )
-    result = train(cfg)
+    # Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes and prints.
+    with distributed_context() as (rank, world):
+        result = train(cfg, rank=rank, world_size=world)
+    if rank:
+        return
     hp = ", ".join(f"{k}={v}" for k, v in result.hparams.items())
     typer.echo(f"{method} ({hp}): best test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, "
                f"last {result.last_acc:.2f}%, {result.seconds:.1f} s; teacher forwards saved {result.teacher_forwards_saved:,}")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import _utils
 from .datasets import ImageDataset, open_dataset
+from .distributed import barrier, local_device, wrap_ddp
 from .errors import BadInput
 from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches
@@ -173,7 +174,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainRe
     best test epoch, loadable as a checkpoint anywhere) and ``summary.json``.
     """
     _validate(config)
-    device = _utils.resolve_device(config.device)
+    device = local_device(_utils.resolve_device(config.device))
     method = get_method(config.method)
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
     test_set = open_dataset(config.dataset, "test", data_root=config.data_root)
@@ -203,6 +204,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainRe
     out = Path(config.out)
     is_main = rank == 0
     start_epoch, state = _prepare_out(out, config, is_main)
+    barrier()  # every rank has checked the run folder before rank 0 writes into it
     torch.manual_seed(config.seed)
     student = create_model(config.student, num_classes=train_set.num_classes).to(device)
     model = _wrap_distributed(student, device, world_size)
@@ -327,11 +329,7 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
 
 
 def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int) -> nn.Module:
-    if world_size == 1:
-        return student
-    from .distributed import wrap_ddp
-
-    return wrap_ddp(student, device)
+    return student if world_size == 1 else wrap_ddp(student, device)
 
 
 def _train_epoch(model, loss_fn, hparams, train_set, view_spec, views, epoch_views, reader, teacher, config,
