@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluate import expected_calibration_error
-from .store.encodings import get_encoding
 from .store.reader import CacheReader
 from .store.zarr_store import ZarrStore
 
@@ -119,6 +118,3 @@ def _view_stats(reader: CacheReader, views: list[int], bar: tqdm) -> ViewStats:
         ece=expected_calibration_error(torch.cat(confidences), torch.cat(corrects)),
         mean_target_prob=target_prob / count,
     )
-
-
-__all__ = ["CacheInfo", "ViewStats", "cache_info", "get_encoding"]
