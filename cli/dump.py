@@ -23,7 +23,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def dump_command(
     teacher: Annotated[str, typer.Option(help="Teacher model name (`logitcache models`) or tv:<torchvision name>.")],
     dataset: Annotated[str, typer.Option(help="cifar10, cifar100, digits, imagefolder:<path> or synthetic[:n=..,classes=..].")],
-    out: Annotated[str, typer.Option(help="Store to write (path, .zarr folder, or fsspec URL such as s3://bucket/c.zarr).")],
+    out: Annotated[str | None, typer.Option(help="Store to write: a path or an fsspec URL (s3://bucket/c.zarr) [default: a content-addressed name in LOGITCACHE_HOME].")] = None,
     checkpoint: CheckpointOpt = None,
     random_init: RandomInitOpt = False,
     data_root: DataRootOpt = None,
@@ -65,13 +65,14 @@ def dump_command(
     for note in result.notes:
         typer.echo(note)
     rate = f"{result.samples_per_second:,.0f} samples/s" if result.samples_written else "nothing left to write"
+    typer.echo(f"store: {result.location}")
     typer.echo(f"wrote {result.blocks_written} blocks ({result.samples_written:,} sample-views) in {result.seconds:.1f} s: {rate}")
     if result.complete:
         acc = result.teacher_test_accuracy
-        typer.echo(f"complete: {out}" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
+        typer.echo("complete" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
     else:
-        typer.echo(f"not complete yet: {out} (other shards still writing; the last to finish completes it, "
-                   "or re-run this command once they are all done)")
+        typer.echo("not complete yet: other shards are still writing; the last to finish completes the store, "
+                   "or re-run this command once they are all done")
 
 
 def register(app: typer.Typer) -> None:

@@ -40,7 +40,7 @@ def train_command(
     dataset: Annotated[str, typer.Option(help="Dataset the student trains on (must match the cache).")],
     out: Annotated[str, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt, summary.json.")],
     method: Annotated[str, typer.Option(help="KD method (`logitcache methods`); ce trains without a teacher.")] = "kd",
-    cache: Annotated[str | None, typer.Option(help="Teacher-logit cache made by `logitcache dump`.")] = None,
+    cache: Annotated[str | None, typer.Option(help="Teacher-logit cache made by `logitcache dump` [default: the matching cache in LOGITCACHE_HOME].")] = None,
     teacher_online: Annotated[bool, typer.Option(help="Run the teacher live on the same replayed views instead of reading the cache.")] = False,
     teacher: Annotated[str | None, typer.Option(help="Teacher model (for --teacher-online and presets); default: the cache's.")] = None,
     checkpoint: CheckpointOpt = None,
@@ -87,7 +87,7 @@ def train_command(
     )
     # Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes and prints.
     with distributed_context() as (rank, world):
-        result = train(cfg, rank=rank, world_size=world)
+        result = train(cfg, rank=rank, world_size=world, echo=typer.echo if rank == 0 else lambda message: None)
     if rank:
         return
     hp = ", ".join(f"{k}={v}" for k, v in result.hparams.items())

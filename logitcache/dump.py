@@ -10,6 +10,7 @@ disjoint blocks of one store; whichever finds every block done finalises it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _utils
+from .cache_home import location_in_home
 from .datasets import ImageDataset, open_dataset
 from .errors import BadInput, CacheMismatch, DataError
 from .loader import ViewBatch, augmented_batches, clean_batches
@@ -48,7 +50,7 @@ class DumpConfig:
 
     teacher: str
     dataset: str
-    out: str
+    out: str | None = None  # None: a content-addressed name in the cache home
     checkpoint: str | None = None
     random_init: bool = False
     data_root: str | None = None
@@ -145,6 +147,8 @@ def dump(config: DumpConfig) -> DumpResult:
         seed=config.seed, device=device,
     )
     spec = build_spec(config, dataset, teacher)
+    if config.out is None:  # file it in the cache home under a content-addressed name
+        config = dataclasses.replace(config, out=location_in_home(spec))
     _check_out(config.out)
     index, count = config.shard
     # A plain dump holds the store exclusively; shard writers share it, each holding its own shard.

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _utils
+from .cache_home import find_cache
 from .datasets import ImageDataset, open_dataset
 from .distributed import barrier, local_device, wrap_ddp
 from .errors import BadInput
@@ -166,12 +167,16 @@ def global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainResult:
+def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
+          echo: Callable[[str], None] = lambda message: None) -> TrainResult:
     """Run stage two; see the module docstring. Writes into ``config.out``:
 
     ``config.json`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``last.pt``
     (model, optimizer, scheduler, RNG, epoch: for ``resume``), ``best.pt`` (weights of the
     best test epoch, loadable as a checkpoint anywhere) and ``summary.json``.
+
+    A method that needs a teacher, given neither ``cache`` nor ``teacher_online``, uses the
+    matching cache in the cache home (``cache_home.find_cache``) and says which via ``echo``.
     """
     _validate(config)
     device = local_device(_utils.resolve_device(config.device))
@@ -179,7 +184,14 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainRe
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
     test_set = open_dataset(config.dataset, "test", data_root=config.data_root)
 
-    reader = CacheReader(config.cache) if config.cache else None
+    cache = config.cache
+    if cache is None and method.needs_teacher and not config.teacher_online:
+        entry, notes = find_cache(dataset_name=train_set.name, split="train", num_samples=len(train_set),
+                                  num_classes=train_set.num_classes, fingerprint=train_set.fingerprint,
+                                  teacher=config.teacher)
+        cache = entry.location
+        echo(f"using cache {cache}: {entry.describe()}" + "".join(f"; {n}" for n in notes))
+    reader = CacheReader(cache) if cache else None
     teacher_name = config.teacher or (reader.spec.teacher.name if reader else None)
     if reader is not None:
         _check_cache(reader, train_set, config)
@@ -189,11 +201,6 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainRe
             raise BadInput("--teacher-online needs --teacher NAME (and --checkpoint)")
         teacher = build_teacher(teacher_name, train_set.num_classes, checkpoint=config.checkpoint,
                                 random_init=config.random_init_teacher, seed=config.view_seed, device=device)
-    if method.needs_teacher and reader is None and teacher is None:
-        raise BadInput(
-            f"method {config.method} needs teacher logits: pass --cache STORE, or --teacher-online "
-            "--teacher NAME --checkpoint PATH (or use --method ce)"
-        )
     hparams = resolve_hparams(
         config.method, overrides=parse_overrides(config.overrides), preset=config.preset,
         logit_stand=config.logit_stand, teacher=teacher_name, student=config.student,
@@ -220,7 +227,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1) -> TrainRe
         torch.set_rng_state(state["rng"])
         best = {"acc": state["best_acc"], "epoch": state["best_epoch"]}
     if is_main:
-        _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, reader, teacher_name, device))
+        _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, cache, reader, teacher_name, device))
 
     wall = time.perf_counter()
     last_acc, forwards_run = float("nan"), 0
@@ -302,15 +309,15 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, di
     return 1, None
 
 
-def _config_record(config: TrainConfig, hparams: dict, reader: CacheReader | None, teacher: str | None,
-                   device: torch.device) -> dict:
+def _config_record(config: TrainConfig, hparams: dict, cache: str | None, reader: CacheReader | None,
+                   teacher: str | None, device: torch.device) -> dict:
     return {
         "config": config.to_json(),
         "hparams": hparams,
         "lr": config.resolved_lr(),
         "milestones": list(config.resolved_milestones()),
         "teacher": teacher,
-        "cache": None if reader is None else {"location": config.cache, "spec": reader.spec.to_json()},
+        "cache": None if reader is None else {"location": cache, "spec": reader.spec.to_json()},
         "device": str(device),
         "versions": {"logitcache": _utils.tool_version(), "torch": torch.__version__},
     }

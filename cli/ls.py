@@ -1,0 +1,35 @@
+"""``logitcache ls``: the caches in the cache home."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from logitcache.cache_home import cache_home, list_caches
+
+from ._options import human_bytes
+
+
+def ls_command(
+    home: Annotated[str | None, typer.Option(help="Cache home to list [default: LOGITCACHE_HOME or ~/.cache/logitcache].")] = None,
+) -> None:
+    """List the caches in the cache home: teacher, dataset, views, encoding, size, creation date.
+
+    `dump` without --out files its store there; `train` without --cache finds it there."""
+    home = home or cache_home()
+    entries = list_caches(home)
+    typer.echo(f"cache home: {home}")
+    if not entries:
+        typer.echo("no caches (make one with `logitcache dump` without --out)")
+        return
+    for e in entries:
+        s = e.spec
+        status = "" if e.complete else "  [INCOMPLETE]"
+        typer.echo(f"{e.location}{status}\n    {s.teacher.name} on {s.dataset.name} [{s.dataset.split}] "
+                   f"({s.dataset.num_samples:,} samples), {s.views.count} views, {s.encoding.describe()}, "
+                   f"{human_bytes(e.bytes_on_disk)}, created {e.created_at}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ls")(ls_command)

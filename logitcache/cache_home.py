@@ -1,0 +1,128 @@
+"""The cache home: where caches are filed, listed and found again by what they are.
+
+``LOGITCACHE_HOME`` (default ``$XDG_CACHE_HOME/logitcache`` or ``~/.cache/logitcache``) is a
+folder or an fsspec URL (``s3://bucket/caches``) that a team can share. ``dump`` without
+``--out`` files its store there as ``<teacher>_<dataset>_<split>_<views>v_<encoding>-<id>.zarr``,
+where ``<id>`` is a fingerprint of the store's spec, so equal dumps land on the same name and
+resume each other. ``train`` without ``--cache`` looks there for the complete cache made for its
+dataset (and teacher, if given), says which it used, or explains the near-misses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CacheError, CacheNotFound
+from .store.format import CacheSpec
+from .store.zarr_store import ZarrStore, is_url
+
+
+def cache_home() -> str:
+    """The cache home location (a path or a URL), from ``LOGITCACHE_HOME`` or the default."""
+    env = os.environ.get("LOGITCACHE_HOME")
+    if env:
+        return env.rstrip("/")
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "logitcache")
+
+
+def store_name(spec: CacheSpec) -> str:
+    """The readable, content-addressed name a spec is filed under."""
+    dataset = re.sub(r"[^A-Za-z0-9.]+", "-", spec.dataset.name.replace("imagefolder:", "folder-")).strip("-")
+    enc = spec.encoding
+    encoding = f"full-{enc.dtype}" if enc.kind == "full" else f"top{enc.k}-{enc.dtype}"
+    return f"{spec.teacher.name}_{dataset}_{spec.dataset.split}_{spec.views.count}v_{encoding}-{spec.short_id()}.zarr"
+
+
+def location_in_home(spec: CacheSpec, home: str | None = None) -> str:
+    home = home or cache_home()
+    return f"{home}/{store_name(spec)}"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One store found in the cache home."""
+
+    location: str
+    spec: CacheSpec
+    complete: bool
+    created_at: str
+    bytes_on_disk: int
+
+    def describe(self) -> str:
+        s = self.spec
+        return (f"{s.teacher.name} on {s.dataset.name} [{s.dataset.split}], {s.views.count} views, "
+                f"{s.encoding.describe()}")
+
+
+def list_caches(home: str | None = None) -> list[CacheEntry]:
+    """Every logitcache store directly under the home, newest first; unreadable ones are skipped."""
+    home = home or cache_home()
+    entries = []
+    for location in _children(home):
+        try:
+            store = ZarrStore.open(location, read_only=True)
+        except CacheError:
+            continue
+        entries.append(CacheEntry(location=location, spec=store.spec, complete=store.provenance.complete,
+                                  created_at=store.provenance.created_at, bytes_on_disk=store.nbytes_stored()))
+    return sorted(entries, key=lambda e: e.created_at, reverse=True)
+
+
+def _children(home: str) -> list[str]:
+    if not is_url(home) or home.startswith("file://"):
+        root = Path(home.removeprefix("file://")).expanduser()
+        if not root.is_dir():
+            return []
+        return [str(p) for p in sorted(root.iterdir()) if p.suffix in (".zarr", ".zip")]
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(home)
+    protocol = home.split("://", 1)[0]
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return [f"{protocol}://{n}" for n in sorted(names) if n.endswith((".zarr", ".zip"))]
+
+
+def find_cache(*, dataset_name: str, split: str, num_samples: int, num_classes: int, fingerprint: str,
+               teacher: str | None = None, home: str | None = None) -> tuple[CacheEntry, list[str]]:
+    """The newest complete cache for this data (and teacher), plus notes on what else was seen.
+
+    Raises:
+        CacheNotFound: no cache matches; the message lists every near-miss and why it is one.
+    """
+    home = home or cache_home()
+    entries = list_caches(home)
+    misses: list[str] = []
+    matches: list[CacheEntry] = []
+    for e in entries:
+        d = e.spec.dataset
+        why = []
+        if teacher is not None and e.spec.teacher.name != teacher:
+            why.append(f"teacher {e.spec.teacher.name}, not {teacher}")
+        if d.split != split:
+            why.append(f"split {d.split}, not {split}")
+        if d.num_classes != num_classes or d.num_samples != num_samples:
+            why.append(f"{d.num_samples} samples × {d.num_classes} classes, not {num_samples} × {num_classes}")
+        elif d.fingerprint != fingerprint:
+            why.append("other image content (dataset fingerprint differs)")
+        if not e.complete:
+            why.append("its dump has not finished")
+        if why:
+            misses.append(f"{Path(e.location).name}: {'; '.join(why)}")
+        else:
+            matches.append(e)
+    if not matches:
+        wanted = f"{dataset_name} [{split}]" + (f" with teacher {teacher}" if teacher else "")
+        detail = (" Near misses: " + " | ".join(misses) + ".") if misses else f" The cache home {home} holds no caches."
+        raise CacheNotFound(
+            f"no cache in {home} for {wanted}.{detail} Make one with `logitcache dump` (without --out it is filed "
+            "there), or pass --cache"
+        )
+    notes = [f"{len(matches) - 1} other matching cache(s) ignored (older)"] if len(matches) > 1 else []
+    return matches[0], notes
