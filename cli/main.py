@@ -12,7 +12,7 @@ import typer
 
 from logitcache.errors import LogitcacheError
 
-from . import demo, dump, eval, info, ls, methods, models, train, verify
+from . import demo, dump, eval, info, ls, methods, models, pack, train, verify
 
 app = typer.Typer(
     name="logitcache",
@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-for module in (demo, dump, info, verify, ls, train, eval, models, methods):
+for module in (demo, dump, info, verify, ls, pack, train, eval, models, methods):
     module.register(app)
 
 
