@@ -140,7 +140,7 @@ class FolderDataset(ImageDataset):
 
 
 # --------------------------------------------------------------------------- registry
-_DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset", "logitcache datasets")
+_DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset", "logitcache dump --help")
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

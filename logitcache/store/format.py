@@ -137,6 +137,8 @@ class CodecInfo:
                     clevel=int(parts[2]) if len(parts) > 2 else 5,
                     shuffle=parts[3] if len(parts) > 3 else "shuffle",
                 )
+        except BadInput:  # a readable form with a bad value: its own message names the valid ones
+            raise
         except ValueError:
             pass
         raise BadInput(f"cannot read codec {text!r}: use none or blosc-CNAME[-LEVEL[-SHUFFLE]], e.g. blosc-zstd-5")

@@ -1,7 +1,8 @@
 """The one module that talks to zarr: create, open, lock, write and read a logitcache store.
 
-A store location is a local path, a ``.zip`` file (read-only, made by ``logitcache pack``) or
-an fsspec URL (``file://``, ``s3://``, ``memory://``...) handed to zarr's own store classes.
+A store location is a local path, a ``.zip`` file (read-only: a zip of a store folder's
+contents) or an fsspec URL (``file://``, ``s3://``, ``memory://``...) handed to zarr's own
+store classes.
 
 Integrity: every chunk (and every shard index) carries a crc32c checksum appended by zarr's
 ``crc32c`` codec, so a flipped or truncated chunk fails to decode instead of returning data;
@@ -53,7 +54,7 @@ def _zarr_store(location: str | os.PathLike, read_only: bool) -> Any:
     path = _local_path(location)
     if path is not None and path.suffix == ".zip":
         if not read_only:
-            raise CacheError(f"{path} is a packed store and read-only: unpack it first (logitcache unpack)")
+            raise CacheError(f"{path} is a zipped store and read-only: unzip it into a folder and write there")
         return ZipStore(path, mode="r")
     if path is not None:
         return LocalStore(path, read_only=read_only)
@@ -180,7 +181,9 @@ class ZarrStore:
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
             try:
-                self._arrays[name] = self.group[name]
+                # The runtime config is not stored in the array's metadata: set it on every open,
+                # or an all-zero chunk (say, a block of labels that are all class 0) is never written.
+                self._arrays[name] = self.group[name].with_config(_ZARR_CONFIG)
             except KeyError:
                 raise CacheCorrupt(f"array {name!r} is missing from {self.location}: the store is damaged; re-dump it") from None
         return self._arrays[name]

@@ -1,0 +1,175 @@
+"""Shared fixtures: tiny caches made once per session, and two ways to run the CLI.
+
+``run_cli(argv)`` calls ``logitcache_cli.main.main`` in this process (fast; what most CLI
+tests use) and ``run_console(argv)`` runs the installed ``logitcache`` console script in a
+subprocess (what a user runs; used by the end-to-end and kill/resume tests). Both return
+``CliResult(code, out, err)``.
+
+Every cache here is tiny: the shipped digits (1,438 8×8 images) or ``synthetic:n=64,size=8``
+through ``resnet8`` with ``--random-init``, a few views and small chunks, so that the whole
+stage-one suite runs in well under three minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from logitcache.dump import DumpConfig, dump
+
+# Test machines have two cores and often run several test processes at once; OpenMP threads
+# spin-waiting for a busy core then make a tiny teacher's forward pass ~30x slower. One thread
+# per process keeps the suite's runtime independent of what else runs beside it.
+torch.set_num_threads(1)
+
+# The CLI form of the tiny digits dump; the session cache below is the same config.
+DIGITS_ARGS = [
+    "--teacher", "resnet8", "--dataset", "digits", "--random-init", "--views", "2", "--topk", "5",
+    "--chunk-samples", "256", "--device", "cpu", "--quiet",
+]
+DIGITS_CONFIG = DumpConfig(
+    teacher="resnet8", dataset="digits", out="", random_init=True, views=2, topk=5, chunk_samples=256,
+    device="cpu", progress=False,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory):
+    """A dump without --out files its store in LOGITCACHE_HOME: never the user's, in tests
+    (subprocesses inherit it too)."""
+    old = os.environ.get("LOGITCACHE_HOME")
+    os.environ["LOGITCACHE_HOME"] = str(tmp_path_factory.mktemp("cache_home"))
+    yield
+    if old is None:
+        os.environ.pop("LOGITCACHE_HOME", None)
+    else:
+        os.environ["LOGITCACHE_HOME"] = old
+
+
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def _run_cli(argv: list[str]) -> CliResult:
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        from logitcache_cli.main import main
+
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as e:  # click's standalone mode always exits
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def console_command() -> list[str]:
+    """The installed ``logitcache`` console script beside this interpreter."""
+    script = Path(sys.executable).with_name("logitcache")
+    if not script.exists():
+        pytest.skip("the logitcache console script is not installed (pip install -e .)")
+    return [str(script)]
+
+
+def console_env() -> dict[str, str]:
+    env = dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("FORCE_COLOR", None)
+    return env
+
+
+def _run_console(argv: list[str], timeout: float = 120) -> CliResult:
+    proc = subprocess.run(
+        [*console_command(), *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=console_env()
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(argv) -> CliResult``: the CLI in this process."""
+    return _run_cli
+
+
+@pytest.fixture
+def run_console():
+    """``run_console(argv) -> CliResult``: the ``logitcache`` console script in a subprocess."""
+    return _run_console
+
+
+@pytest.fixture(scope="session")
+def make_cache(tmp_path_factory):
+    """``make_cache(**DumpConfig fields) -> Path``: a complete store, made once per distinct config.
+
+    Stores are shared by every test of the session: never modify one; copy it first
+    (``copy_store``).
+    """
+    made: dict[tuple, Path] = {}
+
+    def make(**fields) -> Path:
+        key = tuple(sorted(fields.items()))
+        if key not in made:
+            out = tmp_path_factory.mktemp("cache") / "c.zarr"
+            config = replace(DIGITS_CONFIG, out=str(out), **fields)
+            result = dump(config)
+            assert result.complete
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def digits_cache(make_cache) -> Path:
+    """A complete top-5 fp16 digits store: 1,438 samples, clean view + 2 views, chunks of 256."""
+    return make_cache()
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock*"))
+    return dst
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every file under ``path`` (to prove nothing changed)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(name="copy_store")
+def _copy_store_fixture():
+    """``copy_store(src, dst) -> dst``: a private copy of a shared store (lock files left out)."""
+    return copy_store
+
+
+@pytest.fixture(name="snapshot")
+def _snapshot_fixture():
+    """``snapshot(path) -> {relative path: bytes}`` of every file under a folder."""
+    return snapshot
+
+
+@pytest.fixture
+def digits_args() -> list[str]:
+    """The CLI options of the tiny digits dump (everything but ``--out``)."""
+    return list(DIGITS_ARGS)
+
+
+@pytest.fixture
+def start_console():
+    """``start_console(argv) -> subprocess.Popen``: the console script started, output discarded."""
+
+    def start(argv: list[str]) -> subprocess.Popen:
+        return subprocess.Popen([*console_command(), *map(str, argv)], env=console_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    return start

@@ -1,0 +1,237 @@
+"""Encodings: property tests of every encode -> decode round trip, and the top-k rebuild.
+
+For the fp32 top-k encoding the rebuild (``teacher_view.py``) is exact where it claims to be:
+the log-probabilities of the stored classes and of the true class, the argmax, a total mass of
+one, and the rest spread evenly. Full fp32 is lossless, fp16/bf16 lose at most half a unit in
+the last place, and q8 loses at most half of each of its documented steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logitcache.errors import DataError, UnknownName
+from logitcache.store.encodings import get_encoding, list_encodings
+from logitcache.store.encodings._base import _ENCODINGS
+from logitcache.store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
+from logitcache.store.format import EncodingInfo
+
+FP32_EPS = 2.0**-23
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def logit_batches(draw, *, max_classes: int = 300, max_abs: float = 1e4):
+    """(B, C) fp32 logits of many shapes and scales, labels, and a k < C."""
+    num_classes = draw(st.integers(2, max_classes))
+    batch = draw(st.integers(1, 6))
+    k = draw(st.integers(1, num_classes - 1))
+    scale = draw(st.sampled_from([1e-4, 0.1, 1.0, 5.0, 30.0, 300.0, max_abs]))
+    mode = draw(st.sampled_from(["normal", "dominant", "flat", "ties", "spread"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    z = rng.standard_normal((batch, num_classes))
+    if mode == "dominant":  # one class holds (nearly) all the mass
+        z[np.arange(batch), rng.integers(0, num_classes, batch)] += 50.0
+    elif mode == "flat":
+        z[:] = rng.standard_normal((batch, 1))
+    elif mode == "ties":
+        z = rng.integers(-3, 4, (batch, num_classes)).astype(np.float64)
+    elif mode == "spread":
+        z = rng.uniform(-1, 1, (batch, num_classes)) * 40
+    z = np.clip(z * scale / max(1.0, np.abs(z).max() / 4), -max_abs, max_abs)
+    logits = torch.from_numpy(z.astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, num_classes, batch))
+    return logits, labels, k
+
+
+def _topk(k: int, num_classes: int, dtype: str):
+    return get_encoding(EncodingInfo(kind="topk", dtype=dtype, k=k), num_classes)
+
+
+def _round_trip(encoding, logits, labels):
+    arrays = encoding.encode(logits, labels)
+    for f in encoding.fields():
+        assert arrays[f.name].dtype == np.dtype(f.dtype), f.name
+        assert arrays[f.name].shape == (len(labels), *f.trailing), f.name
+    assert set(arrays) == {f.name for f in encoding.fields()}
+    return encoding.decode(arrays, labels)
+
+
+def _known_mask(view, labels, num_classes) -> torch.Tensor:
+    known = torch.zeros(len(labels), num_classes, dtype=torch.bool)
+    known.scatter_(1, view.topk_indices, True)
+    known.scatter_(1, labels[:, None], True)
+    return known
+
+
+# --------------------------------------------------------------------------- registry
+def test_registry():
+    assert list_encodings() == ["full", "topk"]
+    with pytest.raises(UnknownName, match="did you mean topk"):
+        _ENCODINGS.get("tokp")
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "index_dtype"), [(10, "uint8"), (256, "uint8"), (257, "int16"), (32768, "int16"), (32769, "int32")]
+)
+def test_fields_and_index_dtype(num_classes, index_dtype):
+    enc = _topk(5, num_classes, "fp16")
+    assert [(f.name, f.trailing, f.dtype) for f in enc.fields()] == [
+        ("topk_values", (5,), "float16"), ("topk_indices", (5,), index_dtype), ("lse", (), "float32"),
+        ("target_logit", (), "float32"),
+    ]
+    assert enc.raw_bytes_per_sample() == 5 * 2 + 5 * np.dtype(index_dtype).itemsize + 8
+    q8 = _topk(5, num_classes, "q8")
+    assert [(f.name, f.trailing, f.dtype) for f in q8.fields()] == [
+        ("topk_indices", (5,), index_dtype), ("topk_gaps", (4,), "uint8"), ("lse_gap", (), "uint16"),
+        ("target_gap", (), "uint16"),
+    ]
+    assert [f.name for f in _topk(1, num_classes, "q8").fields()] == ["topk_indices", "lse_gap", "target_gap"]
+    full = get_encoding(EncodingInfo(kind="full", dtype="bf16"), num_classes)
+    assert [(f.name, f.trailing, f.dtype) for f in full.fields()] == [("logits", (num_classes,), "uint16")]
+
+
+# --------------------------------------------------------------------------- top-k fp32
+@PROPERTY
+@given(logit_batches())
+def test_topk_fp32_rebuild_is_exact_where_known(case):
+    logits, labels, k = case
+    num_classes = logits.shape[1]
+    view = _round_trip(_topk(k, num_classes, "fp32"), logits, labels)
+    z = logits.double()
+    true_lp = torch.log_softmax(z, dim=1)
+    # fp32 rounding of values of magnitude max|z| and of lse (up to max|z| + log C).
+    tol = 1e-5 + 32 * FP32_EPS * (float(z.abs().max()) + np.log(num_classes))
+    lp = view.log_probs().double()
+    known = _known_mask(view, labels, num_classes)
+
+    assert torch.isfinite(lp).all()
+    # Exact at the stored classes and at the true class.
+    assert (lp - true_lp).abs()[known].max() <= tol
+    assert (view.target_log_prob.double() - true_lp.gather(1, labels[:, None])[:, 0]).abs().max() <= tol
+    assert torch.equal(view.logits[known], logits[known])
+    # The argmax is exact: the stored top-1 is a true maximum, and the rebuilt logits agree (up
+    # to float noise in exact ties, where the rest's shared logit can round above z_1).
+    assert torch.equal(z.gather(1, view.argmax[:, None])[:, 0], z.max(dim=1).values)
+    assert torch.equal(view.argmax, view.topk_indices[:, 0])
+    assert (view.logits.max(dim=1).values - view.logits.gather(1, view.argmax[:, None])[:, 0]).max() <= tol
+    # A distribution: total mass one.
+    assert (view.probs().double().sum(dim=1) - 1).abs().max() <= 1e-5
+    # The classes not stored share the remaining mass equally.
+    rest = ~known
+    for j in range(len(labels)):
+        if rest[j].any():
+            values = view.logits[j][rest[j]]
+            assert (values == values[0]).all()
+            true_rest_mass = 1 - float(true_lp[j][known[j]].exp().sum())
+            assert abs(float(view.probs()[j][rest[j]].double().sum()) - true_rest_mass) <= 2e-6 + tol
+
+
+def test_topk_rebuild_when_every_class_is_known():
+    # k = C - 1 and the label outside the top-k: nothing is left to rebuild.
+    logits = torch.tensor([[3.0, 1.0, 2.0, -5.0]])
+    view = _round_trip(_topk(3, 4, "fp32"), logits, torch.tensor([3]))
+    assert torch.equal(view.logits, logits)
+
+
+def test_topk_temperature_keeps_ratios_of_stored_classes():
+    gen = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(16, 50, generator=gen)
+    labels = torch.randint(0, 50, (16,), generator=gen)
+    view = _round_trip(_topk(5, 50, "fp32"), logits, labels)
+    lp4 = view.log_probs(4.0)
+    true4 = torch.log_softmax(logits / 4, dim=1)
+    idx = view.topk_indices
+    # Differences between stored classes are exact at any temperature; absolute values are not.
+    assert torch.allclose(lp4.gather(1, idx) - lp4.gather(1, idx[:, :1]), true4.gather(1, idx) - true4.gather(1, idx[:, :1]),
+                          atol=1e-5)
+
+
+# --------------------------------------------------------------------------- top-k fp16/bf16
+@PROPERTY
+@given(logit_batches(max_abs=6e4), st.sampled_from(["fp16", "bf16"]))
+def test_topk_half_precision_values_within_one_rounding(case, dtype):
+    logits, labels, k = case
+    view = _round_trip(_topk(k, logits.shape[1], dtype), logits, labels)
+    values, indices = torch.topk(logits, k, dim=1)
+    rel = 2.0**-11 if dtype == "fp16" else 2.0**-8
+    assert ((view.topk_values - values).abs() <= rel * values.abs() + 2.0**-24).all()
+    # lse and the true-class logit are fp32: exact.
+    assert torch.equal(view.lse, torch.logsumexp(logits, dim=1))
+    assert torch.equal(view.target_logit, logits.gather(1, labels[:, None])[:, 0])
+    # The stored classes are the true top-k (up to ties at the k-th value).
+    assert torch.equal(logits.gather(1, view.topk_indices), values)
+    assert torch.isfinite(view.log_probs()).all()
+
+
+# --------------------------------------------------------------------------- full
+@PROPERTY
+@given(logit_batches(max_abs=6e4), st.sampled_from(["fp32", "fp16", "bf16"]))
+def test_full_round_trip(case, dtype):
+    logits, labels, _ = case
+    enc = get_encoding(EncodingInfo(kind="full", dtype=dtype), logits.shape[1])
+    view = _round_trip(enc, logits, labels)
+    assert view.exact and torch.equal(view.target, labels)
+    if dtype == "fp32":
+        assert torch.equal(view.logits, logits)
+    else:
+        rel = 2.0**-11 if dtype == "fp16" else 2.0**-8
+        assert ((view.logits - logits).abs() <= rel * logits.abs() + 2.0**-24).all()
+        # Rounding is to nearest: the round trip of the stored value is the identity.
+        again = _round_trip(enc, view.logits, labels)
+        assert torch.equal(again.logits, view.logits)
+    assert torch.equal(view.argmax, view.logits.argmax(dim=1))
+
+
+@pytest.mark.parametrize("kind", ["full", "topk"])
+def test_fp16_overflow_is_refused(kind):
+    # fp16 tops out at 65504: a larger teacher logit would be stored as inf, and every
+    # probability of that sample would decode as NaN.
+    info = EncodingInfo(kind=kind, dtype="fp16", k=3 if kind == "topk" else 0)
+    logits = torch.tensor([[7e4, 1.0, 2.0, 3.0, 0.0]])
+    with pytest.raises(DataError, match="fp16.*--dtype"):
+        get_encoding(info, 5).encode(logits, torch.tensor([0]))
+
+
+# --------------------------------------------------------------------------- q8
+@PROPERTY
+@given(logit_batches(max_abs=1e3))
+def test_q8_within_its_steps(case):
+    logits, labels, k = case
+    num_classes = logits.shape[1]
+    view = _round_trip(_topk(k, num_classes, "q8"), logits, labels)
+    z = logits.double()
+    values, _ = torch.topk(z, k, dim=1)
+    top = values[:, :1]
+    noise = 8 * FP32_EPS * float(z.abs().max())  # fp32 rounding of the gaps before quantising
+    assert torch.equal(z.gather(1, view.topk_indices), values)  # the right classes, in order
+    assert (view.topk_values[:, 0] == 0).all()
+    true_gap = top - values
+    decoded_gap = -view.topk_values.double()
+    clipped = true_gap > 255 * GAP_STEP
+    assert ((decoded_gap - true_gap).abs()[~clipped] <= GAP_STEP / 2 + noise).all()
+    assert (decoded_gap[clipped] == 255 * GAP_STEP).all()
+    lse_gap = torch.logsumexp(z, dim=1) - top[:, 0]
+    assert ((view.lse.double() - lse_gap).abs() <= LSE_STEP / 2 + noise).all()
+    in_topk = (view.topk_indices == labels[:, None]).any(dim=1)
+    stored_at_label = view.topk_values.gather(1, view.topk_indices.eq(labels[:, None]).long().argmax(1, keepdim=True))[:, 0]
+    assert torch.equal(view.target_logit[in_topk], stored_at_label[in_topk])
+    target_gap = top[:, 0] - z.gather(1, labels[:, None])[:, 0]
+    far = target_gap > (TARGET_IN_TOPK - 1) * TARGET_STEP
+    ok = ~in_topk & ~far
+    assert ((-view.target_logit.double() - target_gap).abs()[ok] <= TARGET_STEP / 2 + noise).all()
+    assert (view.target_logit.double()[~in_topk & far] == -(TARGET_IN_TOPK - 1) * TARGET_STEP).all()
+    # Exact argmax, finite rebuilt probabilities summing to one.
+    assert torch.equal(z.gather(1, view.argmax[:, None])[:, 0], z.max(dim=1).values)
+    assert torch.isfinite(view.log_probs()).all()
+    assert (view.probs().double().sum(dim=1) - 1).abs().max() <= 1e-5
+    # Log-probabilities of the stored classes: half a gap step from the value, half an lse step,
+    # and up to half a gap step more when the rounded gaps push the known mass past one (the
+    # rebuild then renormalises by that mass, at most exp(GAP_STEP / 2)).
+    known = view.topk_indices
+    lp_err = (view.log_probs().double().gather(1, known) - torch.log_softmax(z, dim=1).gather(1, known)).abs()
+    assert (lp_err[~clipped] <= GAP_STEP + LSE_STEP / 2 + 1e-5 + 2 * noise).all()
