@@ -65,14 +65,13 @@ def dump_command(
     for note in result.notes:
         typer.echo(note)
     rate = f"{result.samples_per_second:,.0f} samples/s" if result.samples_written else "nothing left to write"
-    typer.echo(f"store: {result.location}")
     typer.echo(f"wrote {result.blocks_written} blocks ({result.samples_written:,} sample-views) in {result.seconds:.1f} s: {rate}")
     if result.complete:
         acc = result.teacher_test_accuracy
-        typer.echo("complete" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
+        typer.echo(f"complete: {result.location}" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
     else:
-        typer.echo("not complete yet: other shards are still writing; the last to finish completes the store, "
-                   "or re-run this command once they are all done")
+        typer.echo(f"not complete yet: {result.location} (other shards still writing; the last to finish completes it, "
+                   "or re-run this command once they are all done)")
 
 
 def register(app: typer.Typer) -> None:

@@ -177,6 +177,7 @@ def _open_or_create(config: DumpConfig, spec: CacheSpec) -> tuple[ZarrStore, lis
         if ZarrStore.exists(config.out):
             existing = ZarrStore.open(config.out, read_only=False)
             if existing.spec == spec and not config.overwrite:
+                existing.ensure_arrays(fields)  # a creation that was killed half-way
                 done = int((existing.progress() == DONE).sum())
                 return existing, [f"resuming: {done} of {existing.progress().size} blocks already done"]
             if not config.overwrite:

@@ -54,7 +54,7 @@ def _zarr_store(location: str | os.PathLike, read_only: bool) -> Any:
     path = _local_path(location)
     if path is not None and path.suffix == ".zip":
         if not read_only:
-            raise CacheError(f"{path} is a zipped store and read-only: unzip it into a folder and write there")
+            raise CacheError(f"{path} is a packed store and read-only: `logitcache unpack` it into a folder and write there")
         return ZipStore(path, mode="r")
     if path is not None:
         return LocalStore(path, read_only=read_only)
@@ -124,17 +124,32 @@ class ZarrStore:
 
     @classmethod
     def create(cls, location: str | os.PathLike, spec: CacheSpec, provenance: Provenance, fields: Sequence[Field]) -> ZarrStore:
-        """Create the group and every array; fails if the location already holds a store."""
+        """Create the group (with its metadata, in one write) and every array.
+
+        Fails if the location already holds a store; a store whose creation was killed half-way
+        is completed by :meth:`ensure_arrays` when it is opened for resuming.
+        """
         store = _zarr_store(location, read_only=False)
+        meta = {ATTR: {"spec": spec.to_json(), "provenance": provenance.to_json()}}
         try:
-            group = zarr.create_group(store=store, overwrite=False)
+            group = zarr.create_group(store=store, overwrite=False, attributes=meta)
         except (ContainsGroupError, ContainsArrayError, FileExistsError):
             raise CacheMismatch(f"{location} already holds a zarr store: pass --overwrite to replace it") from None
         self = cls(location, group, spec, provenance)
+        self.ensure_arrays(fields)
+        return self
+
+    def ensure_arrays(self, fields: Sequence[Field]) -> None:
+        """Create whichever of the spec's arrays do not exist yet (all of them for a new store)."""
+        spec, group = self.spec, self.group
         n, views, layout = spec.dataset.num_samples, spec.views.total, spec.layout
         sharded = layout.shard_chunks > 0
+        # Probe names one by one: listing the group would also meet the lock files.
+        existing = {name for name in ["labels", "seeds", *(f.name for f in fields), PROGRESS] if name in group}
 
         def add(name: str, shape: tuple[int, ...], dtype: str, per_view: bool) -> None:
+            if name in existing:
+                return
             dt = np.dtype(dtype)
             lead, lead_chunk = ((views,), (1,)) if per_view else ((), ())
             chunks = (*lead_chunk, min(layout.chunk_samples, n), *shape)
@@ -150,12 +165,11 @@ class ZarrStore:
         add("seeds", (), "uint32", per_view=True)
         for f in fields:
             add(f.name, f.trailing, f.dtype, per_view=True)
-        group.create_array(
-            PROGRESS, shape=(views, layout.num_blocks(n)), dtype="uint8", chunks=(1, 1),
-            compressors=[Crc32cCodec()], fill_value=0, config=_ZARR_CONFIG,
-        )
-        self._write_attrs()
-        return self
+        if PROGRESS not in existing:
+            group.create_array(
+                PROGRESS, shape=(views, layout.num_blocks(n)), dtype="uint8", chunks=(1, 1),
+                compressors=[Crc32cCodec()], fill_value=0, config=_ZARR_CONFIG,
+            )
 
     @staticmethod
     def delete(location: str | os.PathLike) -> None:

@@ -188,7 +188,7 @@ def test_zipped_store_is_read_only(tmp_path, make_cache):
     assert_same_arrays(ref, packed)
     assert cache_info(packed, progress=False).augmented.samples == 128
     assert verify(packed, random_init=True, device="cpu").ok
-    with pytest.raises(CacheError, match="zipped store and read-only: unzip it"):
+    with pytest.raises(CacheError, match="packed store and read-only: `logitcache unpack` it"):
         ZarrStore.open(packed, read_only=False)
 
 
