@@ -6,13 +6,18 @@ from typing import Annotated
 
 import typer
 
+from logitcache.distributed import torchrun_rank
 from logitcache.dump import DumpConfig, dump
 from logitcache.errors import BadInput
 
 from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt, RandomInitOpt
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
+def _resolve_shard(text: str | None) -> tuple[int, int]:
+    """--shard I/N; under torchrun each process writes the shard of its rank."""
+    if text is None:
+        ranks = torchrun_rank()
+        return (0, 1) if ranks is None else (ranks[0], ranks[1])
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -46,7 +51,8 @@ def dump_command(
     batch_size: Annotated[int, typer.Option(help="Teacher forward batch size.")] = 256,
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store made with other settings.")] = False,
-    shard: Annotated[str, typer.Option(help="Write only part I of N of the store (e.g. Slurm arrays): I/N.")] = "0/1",
+    shard: Annotated[str | None, typer.Option(help="Write only part I of N of the store (e.g. Slurm arrays): I/N. Under torchrun: RANK/WORLD_SIZE.")] = None,
+    finalize: Annotated[bool, typer.Option("--finalize", help="Only check that every shard's blocks are written and mark the store complete.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the teacher once over V seeded views of every sample and store its logits.
@@ -59,7 +65,8 @@ def dump_command(
         data_root=data_root, download=download, split=split, views=views, clean_view=clean_view,
         augmentation=augment, encoding="full" if full else "topk", topk=topk, dtype=dtype, codec=codec,
         checksum=checksum, chunk_samples=chunk_samples, shard_chunks=shard_chunks, seed=seed, device=device,
-        batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_parse_shard(shard), progress=not quiet,
+        batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_resolve_shard(shard), finalize_only=finalize,
+        progress=not quiet,
     )
     result = dump(config)
     for note in result.notes:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import _utils
 from .cache_home import location_in_home
 from .datasets import ImageDataset, open_dataset
+from .distributed import local_device
 from .errors import BadInput, CacheMismatch, DataError
 from .loader import ViewBatch, augmented_batches, clean_batches
 from .models import weights_sha256
@@ -72,6 +73,7 @@ class DumpConfig:
     workers: int = 2
     overwrite: bool = False
     shard: tuple[int, int] = (0, 1)
+    finalize_only: bool = False  # only check that every block is written and mark the store complete
     progress: bool = True
 
 
@@ -140,7 +142,7 @@ def dump(config: DumpConfig) -> DumpResult:
     _check_shard(config.shard)
     if config.batch_size < 1 or config.chunk_samples < 1:
         raise BadInput("--batch-size and --chunk-samples must be >= 1")
-    device = _utils.resolve_device(config.device)
+    device = local_device(_utils.resolve_device(config.device))
     dataset = open_dataset(config.dataset, config.split, data_root=config.data_root, download=config.download)
     teacher = build_teacher(
         config.teacher, dataset.num_classes, checkpoint=config.checkpoint, random_init=config.random_init,
@@ -150,6 +152,8 @@ def dump(config: DumpConfig) -> DumpResult:
     if config.out is None:  # file it in the cache home under a content-addressed name
         config = dataclasses.replace(config, out=location_in_home(spec))
     _check_out(config.out)
+    if config.finalize_only:
+        return _finalize_only(config, spec, teacher, device)
     index, count = config.shard
     # A plain dump holds the store exclusively; shard writers share it, each holding its own shard.
     with flock(config.out, shared=count > 1), flock(config.out, f"-shard-{index}-of-{count}"):
@@ -159,6 +163,23 @@ def dump(config: DumpConfig) -> DumpResult:
         if config.shard == (0, 1) or bool((store.progress() == DONE).all()):
             finalize(config.out, teacher=teacher, dataset_name=config.dataset, data_root=config.data_root,
                      device=device, result=result)
+    return result
+
+
+def _finalize_only(config: DumpConfig, spec: CacheSpec, teacher: nn.Module, device: torch.device) -> DumpResult:
+    if not ZarrStore.exists(config.out):
+        raise BadInput(f"nothing to finalize: {config.out} holds no store; run the dump (or its shards) first")
+    store = ZarrStore.open(config.out, read_only=True)
+    if store.spec != spec:
+        diffs = "; ".join(store.spec.differences(spec)[:4])
+        raise CacheMismatch(f"{config.out} was dumped with other settings ({diffs}): finalize with the same options")
+    missing = int((store.progress() != DONE).sum())
+    if missing:
+        raise BadInput(f"cannot finalize {config.out}: {missing} blocks are not written yet; run the shards that "
+                       "write them (the same command with their --shard I/N) first")
+    result = DumpResult(location=config.out, spec=spec, complete=False)
+    finalize(config.out, teacher=teacher, dataset_name=config.dataset, data_root=config.data_root, device=device,
+             result=result)
     return result
 
 
@@ -179,7 +200,7 @@ def _open_or_create(config: DumpConfig, spec: CacheSpec) -> tuple[ZarrStore, lis
             if existing.spec == spec and not config.overwrite:
                 existing.ensure_arrays(fields)  # a creation that was killed half-way
                 done = int((existing.progress() == DONE).sum())
-                return existing, [f"resuming: {done} of {existing.progress().size} blocks already done"]
+                return existing, [f"resuming: {done} of {existing.progress().size} blocks already done"] if done else []
             if not config.overwrite:
                 diffs = "; ".join(existing.spec.differences(spec)[:4])
                 raise CacheMismatch(

@@ -1,0 +1,63 @@
+"""torchrun training: 2 processes (gloo, CPU) train the same student as 1 process, same global batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+# Full fp32 caches: the teacher logits are exactly what the online teacher would give.
+CASES = {
+    # One epoch of digits (22 steps). KD's small CE weight keeps the run well conditioned, so
+    # float differences in the reductions stay at 1e-7; CE-weighted runs in their first epoch can
+    # amplify them (a ReLU or BatchNorm decision flips), as any two runs with different reduction
+    # orders do, which is why the DKD case below compares two steps.
+    "kd": ("digits", "kd"),
+    "dkd": ("synthetic:n=128,size=8", "dkd"),
+}
+
+
+@pytest.fixture(scope="module")
+def caches(make_cache) -> dict[str, Path]:
+    return {name: make_cache(dataset=dataset, encoding="full", dtype="fp32", chunk_samples=64)
+            for name, (dataset, _) in CASES.items()}
+
+
+def _train_args(cache: Path, out: Path, method: str, dataset: str = "digits") -> list:
+    return ["train", "--student", "resnet8", "--dataset", dataset, "--method", method, "--cache", cache,
+            "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", out, "--quiet"]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_match_one(caches, tmp_path, case, run_script):
+    dataset, method = CASES[case]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    one = run_script("logitcache", _train_args(caches[case], single, method, dataset))
+    assert one.returncode == 0, one.stderr
+    two = run_script("torchrun", ["--standalone", "--nproc-per-node", "2", "-m", "logitcache",
+                                  *_train_args(caches[case], multi, method, dataset)])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(single), _weights(multi)
+    assert list(a) == list(b)  # rank 0 saved the plain model: no "module." prefix, same BatchNorm names
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert diff < 1e-5, diff
+    # Rank 0 alone wrote the run folder, once per epoch.
+    assert (multi / "metrics.jsonl").read_text().count("\n") == 1
+    assert "best test top-1" in two.stdout and two.stdout.count("run saved in") == 1
+
+
+def test_ranks_differ_from_a_different_seed(caches, tmp_path, run_script):
+    """The comparison above can fail: another seed gives other weights."""
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        proc = run_script("logitcache", [*_train_args(caches["kd"], out, "kd"), "--seed", seed])
+        assert proc.returncode == 0, proc.stderr
+        runs.append(_weights(out))
+    assert max(float((runs[0][k].double() - runs[1][k].double()).abs().max()) for k in runs[0]) > 1e-2
