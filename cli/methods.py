@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from logitcache.methods import get_method, list_methods
 
 
-def methods_command() -> None:
-    """List the KD methods, their hyper-parameters with defaults, and their presets."""
-    for name in list_methods():
+def methods_command(
+    name: Annotated[str | None, typer.Argument(help="Show one method in full, with every preset's values.")] = None,
+) -> None:
+    """List the KD methods with their hyper-parameters (defaults) and presets.
+
+    Change a hyper-parameter with `train --set KEY=VALUE`; `--preset auto` applies the published
+    per-pair preset for the teacher and student when there is one."""
+    if name is not None:
         info = get_method(name)
-        typer.echo(f"{name:<10} {info.summary}")
-        typer.echo(f"{'':<10} " + ", ".join(f"{k}={v}" for k, v in info.defaults().items()))
+        typer.echo(f"{info.name}: {info.summary}")
+        typer.echo("defaults: " + (", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "none"))
+        for preset, values in info.presets.items():
+            typer.echo(f"  preset {preset}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        return
+    for method in list_methods():
+        info = get_method(method)
+        typer.echo(f"{method:<10} {info.summary}")
+        if info.defaults():
+            typer.echo(f"{'':<10} " + ", ".join(f"{k}={v}" for k, v in info.defaults().items()))
+        pairs = [p for p in info.presets if "-" in p]
+        named = [p for p in info.presets if "-" not in p]
         if info.presets:
-            typer.echo(f"{'':<10} presets: " + ", ".join(info.presets))
+            typer.echo(f"{'':<10} presets: " + ", ".join(named + ([f"{len(pairs)} teacher-student pairs"] if pairs else []))
+                       + f"  (`logitcache methods {method}` shows them)")
 
 
 def register(app: typer.Typer) -> None:
