@@ -123,13 +123,16 @@ class FolderDataset(ImageDataset):
         self.files, self.root, self.classes = files, root, classes
 
     def load(self, i: int) -> Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+        # Pillow, as torchvision's ImageFolder uses: torchvision.io's decoders are deprecated.
+        from PIL import Image
 
         path = self.root / self.files[i]
         try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as e:
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
     def _fingerprint_into(self, h: "hashlib._Hash") -> None:
         # A listing fingerprint (names, classes, byte sizes): hashing every image's bytes of a

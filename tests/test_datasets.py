@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
+from image_files import write_png
 
 from logitcache.datasets import list_datasets, open_dataset
 from logitcache.errors import BadInput, DataError, UnknownName

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
+from image_files import write_png
 
 from logitcache.datasets import open_dataset
 from logitcache.loader import ViewBatch, augmented_batches, clean_batches

@@ -193,7 +193,7 @@ def test_zipped_store_is_read_only(tmp_path, make_cache):
 
 
 def test_image_folder_dump_verifies(tmp_path):
-    from torchvision.io import write_png
+    from image_files import write_png
 
     from logitcache.verify import verify
 
