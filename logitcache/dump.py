@@ -10,6 +10,7 @@ disjoint blocks of one store; whichever finds every block done finalises it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from .store.format import (
     ViewsInfo,
 )
 from .store.writer import BlockWriter
-from .store.zarr_store import DONE, ZarrStore, _local_path, flock
+from .store.zarr_store import DONE, ZarrStore, _local_path, flock, is_partial_write
 from .teacher import build_teacher
 from .views import ViewSpec, view_seeds
 
@@ -128,7 +129,13 @@ def _without_checksum(codec: CodecInfo) -> CodecInfo:
 def _num_outputs(model: nn.Module, dataset: ImageDataset) -> int:
     with torch.no_grad():
         probe = dataset.normalize(dataset.load(0)[None].to(next(model.parameters()).device))
-        return int(model(probe).shape[1])
+        logits = model(probe)
+    if not bool(torch.isfinite(logits).all()):  # e.g. a checkpoint with NaN weights: refuse before any write
+        raise DataError(
+            "teacher produced NaN/inf logits for sample 0 (unaugmented); nothing was written: "
+            "check the checkpoint (was it trained to convergence?) and the input data"
+        )
+    return int(logits.shape[1])
 
 
 def _check_shard(shard: tuple[int, int]) -> None:
@@ -187,7 +194,9 @@ def _check_out(out: str) -> None:
     path = _local_path(out)
     if path is None or not path.exists():
         return
-    if path.is_file() or (not (path / "zarr.json").exists() and any(p for p in path.iterdir() if not p.name.startswith(".lock"))):
+    # Before its zarr.json, a dump leaves only lock files and the temporary files of a killed first write.
+    if path.is_file() or (not (path / "zarr.json").exists() and any(
+            not (p.name.startswith(".lock") or is_partial_write(p.name)) for p in path.iterdir())):
         raise BadInput(f"{path} exists and is not a logitcache store: choose another --out (nothing was written)")
 
 
@@ -195,6 +204,8 @@ def _open_or_create(config: DumpConfig, spec: CacheSpec) -> tuple[ZarrStore, lis
     provenance = Provenance(tool_version=_utils.tool_version(), created_at=_utils.now())
     fields = get_encoding(spec.encoding, spec.dataset.num_classes).fields()
     with flock(config.out, "-meta", wait=True):  # concurrent shard writers create it once
+        if config.shard[1] == 1:  # the only writer: files a killed run left half-written can go
+            ZarrStore.remove_partial_writes(config.out)
         if ZarrStore.exists(config.out):
             existing = ZarrStore.open(config.out, read_only=False)
             if existing.spec == spec and not config.overwrite:
@@ -274,6 +285,10 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
             result.blocks_written += 1
             result.samples_written += len(rows)
         writer.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()  # blocks already handed over are written before the caller lets go of the store's lock
+        raise
     finally:
         bar.close()
     result.seconds = time.perf_counter() - start

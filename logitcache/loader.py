@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .datasets import ImageDataset
+from .errors import LogitcacheError
 from .views import FLIP, ViewSpec
 
 
@@ -41,7 +42,13 @@ class _FolderBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, j: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, j: int) -> tuple[Tensor, Tensor] | LogitcacheError:
+        try:
+            return self._load(j)
+        except LogitcacheError as e:  # handed back, so that the main process raises it as it is, in
+            return e  # one line: DataLoader would re-raise it with the worker's traceback in its message
+
+    def _load(self, j: int) -> tuple[Tensor, Tensor]:
         batch = self.batches[j]
         images, flips = [], []
         for i, seed, clean in zip(batch.samples, batch.seeds, batch.clean):
@@ -65,7 +72,10 @@ def augmented_batches(
     if dataset.in_memory:
         hw = dataset.image_shape[1:]
         for batch in batches:
-            images = dataset.images(batch.samples).to(device, non_blocking=True)
+            images = dataset.images(batch.samples)
+            if device.type == "cuda":  # from pageable memory the copy would block the host until it is done
+                images = images.pin_memory()
+            images = images.to(device, non_blocking=True)
             params = spec.params(batch.seeds, hw, batch.clean)
             yield batch, dataset.normalize(spec.apply(images, params))
         return
@@ -78,7 +88,10 @@ def augmented_batches(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    for batch, (images, flips) in zip(batches, loader):
+    for batch, item in zip(batches, loader):
+        if isinstance(item, LogitcacheError):
+            raise item
+        images, flips = item
         images = images.to(device, non_blocking=True)
         flips = flips.to(device, non_blocking=True).bool()[:, None, None, None]
         yield batch, dataset.normalize(torch.where(flips, images.flip(-1), images))

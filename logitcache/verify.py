@@ -23,7 +23,7 @@ from .errors import CacheMismatch
 from .loader import ViewBatch, augmented_batches
 from .models import weights_sha256
 from .store.encodings import get_encoding
-from .store.zarr_store import DONE, ZarrStore
+from .store.zarr_store import DONE, ZarrStore, flock
 from .teacher import build_teacher
 from .views import ViewSpec, view_seeds
 
@@ -73,7 +73,8 @@ def verify(
     if not (state == DONE).all():
         report.problems.append(f"{int((state != DONE).sum())} blocks never finished writing: re-run the dump command")
     if repair and problems:
-        _repair(store, problems)
+        with flock(location):  # never under a running dump, whose markers and metadata it would contradict
+            _repair(store, problems)
         report.problems.append("repair: marked the damaged blocks for rewriting; now re-run the dump command")
     if samples <= 0 or problems or not (state == DONE).all():
         return report

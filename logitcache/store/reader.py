@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -21,7 +22,7 @@ from ..errors import CacheCorrupt, CacheIncomplete, CacheMismatch
 from ..teacher_view import TeacherView
 from .encodings import get_encoding
 from .format import CacheSpec
-from .zarr_store import ZarrStore
+from .zarr_store import ZarrStore, read_lock
 
 DEFAULT_MEMORY_BUDGET = int(os.environ.get("LOGITCACHE_READER_MEMORY", 8 << 30))  # bytes of view slices kept
 
@@ -37,23 +38,31 @@ class CacheReader:
     """
 
     def __init__(self, location: str | os.PathLike, *, check: bool = True, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
-        self.store = ZarrStore.open(location, read_only=True)
-        self.spec: CacheSpec = self.store.spec
-        if not self.store.provenance.complete:
-            raise CacheIncomplete(
-                f"the dump into {location} has not finished: re-run the same `logitcache dump` command to complete it"
-            )
-        self.num_classes = self.spec.dataset.num_classes
-        self.encoding = get_encoding(self.spec.encoding, self.num_classes)
-        self._fields = [f.name for f in self.encoding.fields()]
-        if check:
-            missing = self.store.check_chunks(["labels", "seeds", *self._fields], decode=False)
-            if missing:
-                raise CacheCorrupt(
-                    f"{len(missing)} chunk(s) missing from {location}, e.g. {missing[0]}: "
-                    "run `logitcache verify --repair` and the dump command again to rewrite them"
+        # Held until close() (or garbage collection): `dump --overwrite` cannot delete the store under us.
+        lock = read_lock(location)
+        self._unlock = weakref.finalize(self, os.close, lock) if lock is not None else None
+        try:
+            self.store = ZarrStore.open(location, read_only=True)
+            self.spec: CacheSpec = self.store.spec
+            if not self.store.provenance.complete:
+                raise CacheIncomplete(
+                    f"the dump into {location} has not finished: re-run the same `logitcache dump` command to complete it"
                 )
-        self.labels = self.store.read("labels").astype(np.int64)
+            self.num_classes = self.spec.dataset.num_classes
+            self.encoding = get_encoding(self.spec.encoding, self.num_classes)
+            self._fields = [f.name for f in self.encoding.fields()]
+            if check:
+                missing = self.store.check_chunks(["labels", "seeds", *self._fields], decode=False)
+                if missing:
+                    raise CacheCorrupt(
+                        f"{len(missing)} chunk(s) missing or empty in {location}, e.g. {missing[0]}: "
+                        "run `logitcache verify --repair` and the dump command again to rewrite them"
+                    )
+            self.labels = self.store.read("labels").astype(np.int64)
+        except BaseException:  # let go at once, not when the garbage collector gets to it
+            if self._unlock is not None:
+                self._unlock()
+            raise
         self._seeds: dict[int, np.ndarray] = {}
         self._views: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._pending: dict[int, Future] = {}
@@ -127,6 +136,8 @@ class CacheReader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._unlock is not None:
+            self._unlock()
 
 
 def check_matches(spec: CacheSpec, *, dataset_name: str, split: str, num_samples: int, num_classes: int, fingerprint: str,

@@ -14,9 +14,11 @@ leaves a half-written block marked done.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,8 +37,17 @@ from .encodings import Field, get_encoding
 from .format import ATTR, CacheSpec, Provenance
 
 PROGRESS = "progress"
+READ_LOCK = "-read"  # ".lock-read": readers hold it shared, deleting a store (--overwrite) exclusively
 WRITING, DONE = 1, 2  # progress marker states; 0 (absent) means not started
 _ZARR_CONFIG = {"write_empty_chunks": True}  # an all-zero chunk is still written, so "absent" means lost
+# zarr's LocalStore writes every object to "<key>.<uuid4 hex>.partial" and renames it into place: a
+# process killed in between leaves that file behind, never a torn object at the key itself.
+_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def is_partial_write(name: str) -> bool:
+    """Whether a file name is a temporary file of a zarr write that was never renamed into place."""
+    return bool(_PARTIAL_WRITE.search(name))
 
 
 def is_url(location: str) -> bool:
@@ -144,8 +155,19 @@ class ZarrStore:
         spec, group = self.spec, self.group
         n, views, layout = spec.dataset.num_samples, spec.views.total, spec.layout
         sharded = layout.shard_chunks > 0
+        path = _local_path(self.location)
+        if path is not None and path.suffix != ".zip":  # readers lock it without creating it (they never write)
+            (path / f".lock{READ_LOCK}").touch()
+
+        def exists(name: str) -> bool:
+            try:
+                return name in group
+            except (ValueError, TypeError):  # its zarr.json is damaged: array() refuses it, naming the fix
+                self.array(name)
+                raise
+
         # Probe names one by one: listing the group would also meet the lock files.
-        existing = {name for name in ["labels", "seeds", *(f.name for f in fields), PROGRESS] if name in group}
+        existing = {name for name in ["labels", "seeds", *(f.name for f in fields), PROGRESS] if exists(name)}
 
         def add(name: str, shape: tuple[int, ...], dtype: str, per_view: bool) -> None:
             if name in existing:
@@ -172,13 +194,32 @@ class ZarrStore:
             )
 
     @staticmethod
+    def remove_partial_writes(location: str | os.PathLike) -> int:
+        """Delete what killed writers left in temporary files (local stores; call holding the store
+        exclusively). Returns how many were removed."""
+        path = _local_path(location)
+        if path is None or not path.is_dir():
+            return 0
+        stale = [p for p in path.rglob("*.partial") if p.is_file() and is_partial_write(p.name)]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    @staticmethod
     def delete(location: str | os.PathLike) -> None:
-        """Remove a store's contents (keeping lock files, which other processes may hold)."""
+        """Remove a store's contents (keeping lock files, which other processes may hold).
+
+        The group's zarr.json goes last: a deletion killed half-way leaves a folder that still says
+        it is a store (readers refuse it for its missing chunks; ``--overwrite`` deletes it again).
+        """
         path = _local_path(location)
         if path is not None:
-            for entry in path.iterdir() if path.is_dir() else []:
-                if not entry.name.startswith(".lock"):
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            busy = f"{location} is being read (by a training run?): let it finish, or dump to another --out"
+            with flock(location, READ_LOCK, busy=busy):  # never under a reader: it would read zeros, or another cache
+                entries = sorted(path.iterdir() if path.is_dir() else [], key=lambda e: e.name == "zarr.json")
+                for entry in entries:
+                    if not entry.name.startswith(".lock"):
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             return
         sync(_zarr_store(location, read_only=False).delete_dir(""))
 
@@ -200,6 +241,12 @@ class ZarrStore:
                 self._arrays[name] = self.group[name].with_config(_ZARR_CONFIG)
             except KeyError:
                 raise CacheCorrupt(f"array {name!r} is missing from {self.location}: the store is damaged; re-dump it") from None
+            except (ValueError, TypeError) as e:  # a zarr.json that does not parse (json errors are ValueErrors)
+                raise CacheCorrupt(
+                    f"the metadata of array {name!r} ({name}/zarr.json) in {self.location} is damaged "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): "
+                    "re-dump the store (the dump command with --overwrite)"
+                ) from None
         return self._arrays[name]
 
     def array_names(self) -> list[str]:
@@ -208,12 +255,32 @@ class ZarrStore:
         return ["labels", "seeds", *(f.name for f in fields), PROGRESS]
 
     def write_labels(self, labels: np.ndarray) -> None:
-        self.array("labels")[:] = labels.astype(np.int32)
+        self._overwrite("labels", (slice(None),), labels.astype(np.int32), self.storage_keys("labels"))
 
     def write_block(self, view: int, rows: range, arrays: dict[str, np.ndarray]) -> None:
         """Write one block of every per-view array; ``rows`` must be a whole block."""
         for name, data in arrays.items():
-            self.array(name)[view, rows.start : rows.stop] = data
+            arr = self.array(name)
+            shard = (view, rows.start // arr.shards[1], *(0,) * (arr.ndim - 2)) if arr.shards else None
+            keys = [arr.metadata.encode_chunk_key(shard)] if shard else []
+            self._overwrite(name, (view, slice(rows.start, rows.stop)), data, keys)
+
+    def _overwrite(self, name: str, selection: tuple, data: np.ndarray, keys: Sequence[str]) -> None:
+        """``array[selection] = data``, where the selection covers the storage objects ``keys`` whole.
+
+        zarr rewrites a shard by reading it first, so a damaged shard (the very thing a resumed
+        dump or ``verify --repair`` wants rewritten) would fail the write: it is deleted, since
+        nothing of it survives the write, and the write tried again.
+        """
+        arr = self.array(name)
+        try:
+            arr[selection] = data
+        except Exception:
+            if arr.shards is None:
+                raise
+            for key in keys:
+                sync(self.group.store.delete(f"{name}/{key}"))
+            arr[selection] = data
 
     def mark(self, view: int, block: int, state: int) -> None:
         self.array(PROGRESS)[view, block] = state
@@ -276,17 +343,23 @@ class ZarrStore:
     def check_chunks(
         self, names: Sequence[str] | None = None, *, views: Sequence[int] | None = None, decode: bool = True
     ) -> list[ChunkProblem]:
-        """Every storage object of the given arrays present and (optionally) decoding cleanly."""
+        """Every storage object of the given arrays present, not empty and (optionally) decoding cleanly."""
         names = list(names) if names is not None else self.array_names()
         present = self.listed_keys()
         problems: list[ChunkProblem] = []
         for name in names:
             arr = self.array(name)
             storage = arr.shards or arr.chunks
-            for key, coord in self.storage_keys(name, views).items():
-                full_key = f"{name}/{key}"
-                if full_key not in present:
-                    problems.append(ChunkProblem(name, full_key, "missing"))
+            keys = {f"{name}/{key}": coord for key, coord in self.storage_keys(name, views).items()}
+            # zarr reads a zero-byte shard as fill values, without error (a zero-byte chunk fails its
+            # checksum): it is as lost as a missing one. A crash after which the file system kept a
+            # file's name but not its bytes leaves exactly that.
+            stored = [k for k in keys if k in present] if arr.shards else []
+            empty = {k for k, size in zip(stored, sync(_sizes(self.group.store, stored))) if size == 0}
+            for full_key, coord in keys.items():
+                if full_key not in present or full_key in empty:
+                    problem = "missing" if full_key not in present else "empty (0 bytes)"
+                    problems.append(ChunkProblem(name, full_key, problem))
                     continue
                 if not decode:
                     continue
@@ -310,7 +383,11 @@ async def _collect(it: Any) -> list[str]:
     return [k async for k in it]
 
 
-def _flock(location: str, name: str, *, shared: bool, wait: bool) -> Iterator[None]:
+async def _sizes(store: Any, keys: Sequence[str]) -> list[int]:
+    return list(await asyncio.gather(*(store.getsize(k) for k in keys)))
+
+
+def _flock(location: str, name: str, *, shared: bool, wait: bool, busy: str | None) -> Iterator[None]:
     path = _local_path(location)
     if path is None or path.suffix == ".zip":
         yield
@@ -322,20 +399,43 @@ def _flock(location: str, name: str, *, shared: bool, wait: bool) -> Iterator[No
         try:
             fcntl.flock(fd, flags)
         except BlockingIOError:
-            raise CacheBusy(
+            raise CacheBusy(busy or (
                 f"another logitcache process is writing {location}: wait for it to finish, or dump to another --out"
-            ) from None
+            )) from None
         yield
     finally:
         os.close(fd)
 
 
 def flock(
-    location: str | os.PathLike, name: str = "", *, shared: bool = False, wait: bool = False
+    location: str | os.PathLike, name: str = "", *, shared: bool = False, wait: bool = False, busy: str | None = None
 ) -> contextlib.AbstractContextManager[None]:
     """Hold an advisory flock on ``.lock<name>`` inside a local store location; no-op for URLs.
 
     The location need not hold a store yet. The kernel drops the lock when its process dies,
     even by SIGKILL, so a killed dump never leaves a stale lock behind.
     """
-    return contextlib.contextmanager(_flock)(str(location), name, shared=shared, wait=wait)
+    return contextlib.contextmanager(_flock)(str(location), name, shared=shared, wait=wait, busy=busy)
+
+
+def read_lock(location: str | os.PathLike) -> int | None:
+    """A shared flock on a store's ``.lock-read``, held until the returned descriptor is closed, so
+    that ``dump --overwrite`` cannot delete the store under a reader.
+
+    Only where that file exists (every dump makes it): opening a store for reading never writes
+    to it, and works on read-only files. None for URLs, zips and copies left without lock files,
+    which are not protected.
+    """
+    path = _local_path(location)
+    if path is None or not path.is_dir():
+        return None
+    try:
+        fd = os.open(path / f".lock{READ_LOCK}", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CacheBusy(f"{location} is being replaced by `logitcache dump --overwrite`: wait for it to finish") from None
+    return fd

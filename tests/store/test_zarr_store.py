@@ -226,7 +226,7 @@ def test_delete_keeps_lock_files(tmp_path):
     with flock(path):
         _create(path, _spec())
     ZarrStore.delete(path)
-    assert sorted(p.name for p in path.iterdir()) == [".lock"]
+    assert sorted(p.name for p in path.iterdir()) == [".lock", ".lock-read"]
     assert not ZarrStore.exists(path)
 
 

@@ -1,0 +1,103 @@
+"""No wrong logit used: a cache made for other data is refused, naming the difference.
+
+Caches are made by real dumps of other data (another synthetic seed, size, class count, the
+test split, the digits test split) and handed to ``logitcache train`` for data they do not
+belong to: exit 2, one line naming each difference, no run folder. A cache's augmentation is
+not checked against anything because nothing can ask for another one: ``train`` replays the
+cache's own (there is no option to choose it), which the last test proves batch by batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from logitcache.store.zarr_store import ZarrStore
+from logitcache.teacher import build_teacher
+from logitcache.views import ViewSpec
+
+train_module = importlib.import_module("logitcache.train")  # the package re-exports the function
+SYNTHETIC = "synthetic:n=64,size=8"
+CACHE = dict(dataset=SYNTHETIC, topk=3, chunk_samples=16)  # shared with tests/store
+
+
+def _train(cache, dataset, out, *extra) -> list:
+    return ["train", "--student", "resnet8", "--dataset", dataset, "--cache", cache, "--out", out, "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--quiet", *extra]
+
+
+# (cache made from, training data, phrases the refusal must hold)
+CASES = {
+    "fingerprint": (dict(CACHE, dataset="synthetic:n=64,size=8,seed=1"), SYNTHETIC,
+                    ["dataset fingerprint: cache has"]),
+    "split": (dict(CACHE, split="test"), SYNTHETIC, ["split: cache has test, training data has train"]),
+    "classes": (dict(CACHE, dataset="synthetic:n=64,size=8,classes=5"), SYNTHETIC,
+                ["number of classes: cache has 5, training data has 10"]),
+    "samples": (dict(CACHE, dataset="synthetic:n=48,size=8"), SYNTHETIC,
+                ["number of samples: cache has 48, training data has 64"]),
+    "digits test split": (dict(split="test"), "digits",
+                          ["split: cache has test, training data has train",
+                           "number of samples: cache has 359, training data has 1438"]),
+    "other dataset": (dict(), SYNTHETIC, ["cache (digits, train) does not match the training data",
+                                          "number of samples: cache has 1438, training data has 64"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_cache_of_other_data_is_refused_naming_the_difference(case, make_cache, run_cli, tmp_path):
+    fields, dataset, phrases = CASES[case]
+    cache = make_cache(**fields)
+    out = tmp_path / "run"
+    result = run_cli(_train(cache, dataset, out))
+    assert result.code == 2, result.out
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1 and "Traceback" not in result.err
+    for phrase in phrases:
+        assert phrase in result.err, result.err
+    assert "does not match the training data" in result.err and "dump one for it" in result.err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_the_same_data_under_another_name_is_accepted(make_cache, run_cli, tmp_path):
+    """Matching is by content, not by the name typed: option order does not matter."""
+    result = run_cli(_train(make_cache(**CACHE), "synthetic:size=8,n=64,seed=0", tmp_path / "run"))
+    assert result.code == 0, result.err
+
+
+def test_the_caches_augmentation_is_the_one_replayed(make_cache, run_cli, tmp_path, monkeypatch):
+    """A cache dumped with a non-default augmentation: every batch the student trains on is the
+    image whose logits the cache holds. Checked by running the dump's teacher on each training
+    batch and comparing with the cached (full fp32) logits it is trained against."""
+    cache = make_cache(dataset=SYNTHETIC, encoding="full", dtype="fp32", chunk_samples=16, augmentation="crop:8:3")
+    spec = ZarrStore.open(cache).spec
+    default = train_module.open_dataset(SYNTHETIC).train_view
+    assert ViewSpec.from_json(spec.views.augmentation) != default  # otherwise the test proves nothing
+    teacher = build_teacher("resnet8", 10, checkpoint=None, random_init=True, seed=0)
+    real, seen = train_module._teacher_view, []
+
+    def checked(reader, online, views, samples, images, target, device):
+        cached = real(reader, online, views, samples, images, target, device)
+        with torch.inference_mode():
+            fresh = teacher(images).float()
+        assert torch.allclose(cached.logits, fresh, rtol=1e-5, atol=1e-5)
+        seen.extend(zip(views.tolist(), samples.tolist()))
+        return cached
+
+    monkeypatch.setattr(train_module, "_teacher_view", checked)
+    result = run_cli(_train(cache, SYNTHETIC, tmp_path / "run", "--epochs", "2", "--view-policy", "random"))
+    assert result.code == 0, result.err
+    assert len(seen) == 2 * 64 and {v for v, _ in seen} == {1, 2}
+    assert sorted(i for _, i in seen[:64]) == list(range(64))
+    # The same batches under the dataset's default augmentation give other logits: the check bites.
+    wrong = np.array([i for _, i in seen[:16]])
+    reader = train_module.CacheReader(cache)
+    views = np.array([v for v, _ in seen[:16]])
+    batch = train_module.ViewBatch(samples=wrong, seeds=np.array([reader.seeds(v)[i] for v, i in zip(views, wrong)],
+                                                                 dtype=np.uint32), clean=np.zeros(16, dtype=bool))
+    [(_, images)] = list(train_module.augmented_batches(train_module.open_dataset(SYNTHETIC), default, [batch],
+                                                         device=torch.device("cpu")))
+    with torch.inference_mode():
+        assert not torch.allclose(reader.read(views, wrong).logits, teacher(images).float(), atol=1e-3)
+    reader.close()
