@@ -26,12 +26,16 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: str | No
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise typer.BadParameter(f"{path} is not valid TOML: {e}") from None
-    names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
+    # Keys are option names (--set -> set), not parameter names: ``set`` is the parameter ``set_``.
+    names = {
+        next(o for o in p.opts if o.startswith("--"))[2:].replace("-", "_"): p.name
+        for p in ctx.command.params if p.name not in ("config", "help")
+    }
     values = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise typer.BadParameter(f"unknown key(s) {', '.join(unknown)} in {path}; valid keys: {', '.join(sorted(names))}")
-    ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in values.items()}}
     return value
 
 

@@ -89,8 +89,11 @@ def run_demo(config: DemoConfig, echo=print) -> list[DemoRow]:
     for method in config.methods:
         cache = None if method == "ce" else str(out / "cache.zarr")
         rows.append(run(f"{method}-cache" if cache else method, method=method, cache=cache, **common))
+    # The online runs derive the cache's views (same count, the dump's default seed 0) instead of one
+    # per epoch, so that they differ from the cached runs only in where the logits come from.
     for method in config.online:
-        rows.append(run(f"{method}-online", method=method, teacher_online=True, checkpoint=teacher_ckpt, **common))
+        rows.append(run(f"{method}-online", method=method, teacher_online=True, checkpoint=teacher_ckpt,
+                        views=config.views, **common))
     _utils.atomic_write_json(out / "demo_results.json", [asdict(r) for r in rows])
     return rows
 

@@ -34,7 +34,7 @@ from . import _utils
 from .cache_home import find_cache
 from .datasets import ImageDataset, open_dataset
 from .distributed import barrier, local_device, wrap_ddp
-from .errors import BadInput
+from .errors import BadInput, CheckpointError
 from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches
 from .methods import get_method, resolve_hparams
@@ -130,7 +130,7 @@ class _Views:
             self.augmented = list(reader.spec.views.augmented)
             self.base_seed = reader.spec.views.seed
         else:
-            count = config.views or config.epochs
+            count = config.views if config.views is not None else config.epochs  # 0 is refused, not the default
             if count < 1:
                 raise BadInput(f"--views must be >= 1, got {count}")
             self.augmented = list(range(1, count + 1))  # view 0 is the clean view, as in a dump
@@ -160,10 +160,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 def global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Split an epoch order into batches; a trailing batch of one sample (which BatchNorm cannot
-    normalise in training mode) is dropped."""
+    normalise in training mode) joins the batch before it rather than being dropped, so that every
+    epoch shows every sample whatever the batch size (dropping it would make the (view, sample)
+    pairs an epoch reads depend on the batch size)."""
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches.pop()
+        batches[-2:] = [np.concatenate(batches[-2:])]
     return batches
 
 
@@ -191,6 +193,8 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
                                   teacher=config.teacher)
         cache = entry.location
         echo(f"using cache {cache}: {entry.describe()}" + "".join(f"; {n}" for n in notes))
+        if config.views is not None:  # _validate could not know a cache would be found
+            raise BadInput(f"--views is taken from the cache found ({cache}): drop --views")
     reader = CacheReader(cache) if cache else None
     teacher_name = config.teacher or (reader.spec.teacher.name if reader else None)
     if reader is not None:
@@ -220,17 +224,20 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
                                                      gamma=config.lr_decay)
     best = {"acc": -1.0, "epoch": 0}
+    # A resumed run reports the whole run: the killed process's accuracy, time and forwards carry over.
+    last_acc, forwards_run, seconds_before = float("nan"), 0, 0.0
     if state is not None:
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         best = {"acc": state["best_acc"], "epoch": state["best_epoch"]}
+        last_acc = state.get("last_acc", last_acc)
+        forwards_run, seconds_before = state.get("forwards_run", 0), state.get("seconds", 0.0)
     if is_main:
         _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, cache, reader, teacher_name, device))
 
     wall = time.perf_counter()
-    last_acc, forwards_run = float("nan"), 0
     for epoch in range(start_epoch, config.epochs + 1):
         epoch_views = views.for_epoch(config.view_policy, epoch, config.seed)
         if reader is not None and config.view_policy == "cycle" and epoch < config.epochs:
@@ -255,14 +262,15 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
             _utils.atomic_torch_save({
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-                "best_acc": best["acc"], "best_epoch": best["epoch"],
+                "best_acc": best["acc"], "best_epoch": best["epoch"], "last_acc": last_acc,
+                "forwards_run": forwards_run, "seconds": seconds_before + time.perf_counter() - wall,
             }, out / "last.pt")
-    seconds = time.perf_counter() - wall
+    seconds = seconds_before + time.perf_counter() - wall
     uses_cache = reader is not None and teacher is None and method.needs_teacher
     result = TrainResult(
         out=str(out), best_acc=best["acc"], best_epoch=best["epoch"], last_acc=last_acc, epochs=config.epochs,
         seconds=seconds, hparams=hparams, teacher_forwards_run=forwards_run,
-        teacher_forwards_saved=len(train_set) * (config.epochs - start_epoch + 1) if uses_cache else 0,
+        teacher_forwards_saved=len(train_set) * config.epochs if uses_cache else 0,
     )
     if is_main:
         _utils.atomic_write_json(out / "summary.json", dataclasses.asdict(result))
@@ -294,19 +302,49 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, di
     """(first epoch to run, saved state) — refusing to overwrite another run."""
     last = out / "last.pt"
     if config.resume:
-        if not last.exists():
+        if not last.exists() and not (out / "config.json").exists():
             raise BadInput(f"nothing to resume in {out}: no last.pt (drop --resume to start the run)")
         saved = json.loads((out / "config.json").read_text())["config"]
-        diffs = [k for k, v in config.to_json().items() if k not in ("resume", "progress", "device", "workers") and saved.get(k) != v]
+        diffs = [f"{_option_name(k)} {saved.get(k)!r} -> {v!r}" for k, v in config.to_json().items()
+                 if k not in ("resume", "progress", "device", "workers") and saved.get(k) != v]
         if diffs:
             raise BadInput(f"--resume with other settings than the run in {out} ({', '.join(diffs)}): use the same options")
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        if not last.exists():  # stopped before its first epoch ended: run it again from the start
+            if is_main:
+                _truncate_metrics(out / "metrics.jsonl", 0)
+            return 1, None
+        state = _load_state(last)
+        if state["epoch"] >= config.epochs and (out / "summary.json").exists():
+            raise BadInput(f"the run in {out} already finished its {config.epochs} epochs: nothing to resume "
+                           "(to train longer, start a new run with another --out)")
         if is_main:
             _truncate_metrics(out / "metrics.jsonl", state["epoch"])
         return state["epoch"] + 1, state
+    if out.is_file():
+        raise BadInput(f"--out {out} is a file: choose a folder for the run")
     if out.exists() and any(out.iterdir()):
         raise BadInput(f"{out} already holds files: pass --resume to continue that run, or choose another --out")
     return 1, None
+
+
+def _load_state(last: Path) -> dict:
+    """A run's last.pt, read as tensors only; a damaged or foreign file is refused in one line."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file, or one holding Python objects (never unpickled)
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(f"cannot resume from {last}: it is unreadable ({type(e).__name__}: "
+                              f"{lines[0] if lines else ''}); start the run again with another --out") from None
+    keys = ("model", "optimizer", "scheduler", "rng", "epoch", "best_acc", "best_epoch")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise CheckpointError(f"cannot resume from {last}: it is not a checkpoint written by `logitcache train` "
+                              f"(needs {', '.join(keys)}); start the run again with another --out")
+    return state
+
+
+def _option_name(field_name: str) -> str:
+    """The command-line option of a ``TrainConfig`` field, for messages."""
+    return "--set" if field_name == "overrides" else "--" + field_name.replace("_", "-")
 
 
 def _config_record(config: TrainConfig, hparams: dict, cache: str | None, reader: CacheReader | None,
