@@ -1,0 +1,125 @@
+"""2. Dump cost: ``logitcache.dump`` end to end vs a bare loop of teacher forwards over the same
+pre-augmented batches.
+
+The bare loop runs exactly the forwards a dump runs, at the dump's batch size: every batch of
+every (view, block) of the store, and the clean test split that ``finalize`` evaluates the
+teacher on. Its images are augmented beforehand, outside the timing. The dump is the library
+call a user makes (``dump(DumpConfig(...))``): teacher build, dataset fingerprint, weight hash,
+store creation, seeded augmentation, forwards, encoding, background chunk writes with their
+markers, the completeness check and the test-set evaluation. The two alternate, a fresh store
+each time. When the ratio falls short of the target a cProfile of one dump is printed below.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from logitcache.datasets import open_dataset
+from logitcache.dump import DumpConfig, dump
+from logitcache.loader import ViewBatch, augmented_batches, clean_batches
+from logitcache.store.format import Layout
+from logitcache.teacher import build_teacher
+from logitcache.views import view_seeds
+
+from ._common import Ctx, Section, fmt_ms, median, spread, table
+
+TARGET = 0.9
+
+
+def _dump_batches(config: DumpConfig, n: int) -> list[ViewBatch]:
+    """The (view, block, batch) sequence ``dump._run`` feeds the teacher."""
+    layout = Layout(chunk_samples=config.chunk_samples, shard_chunks=config.shard_chunks or 0)
+    out = []
+    for v in range(config.views + int(config.clean_view)):
+        for b in range(layout.num_blocks(n)):
+            idx = np.arange(layout.block_range(b, n).start, layout.block_range(b, n).stop)
+            seeds = view_seeds(config.seed, v, idx)
+            for s in range(0, len(idx), config.batch_size):
+                sl = slice(s, s + config.batch_size)
+                out.append(ViewBatch(samples=idx[sl], seeds=seeds[sl], clean=np.full(len(idx[sl]), config.clean_view and v == 0)))
+    return out
+
+
+def _bare(teacher: torch.nn.Module, images: list[torch.Tensor]) -> float:
+    sync = torch.cuda.synchronize if images[0].device.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in images:
+            teacher(x).float()
+    sync()
+    return time.perf_counter() - t
+
+
+def run(ctx: Ctx) -> Section:
+    n, repeats = ctx.n(1024, 256), ctx.n(3, 1)
+    teacher_name = "resnet110"
+    dataset = f"synthetic:n={n},classes=100,size=32,seed=0"
+    base = DumpConfig(teacher=teacher_name, dataset=dataset, out="", random_init=True, views=1, clean_view=True,
+                      encoding="topk", topk=10, dtype="bf16", chunk_samples=512, shard_chunks=0, device=str(ctx.device),
+                      batch_size=256, workers=0, progress=False)
+    device = ctx.device  # where the dump runs its teacher, and the bare loop too
+    train_set, test_set = open_dataset(dataset, "train"), open_dataset(dataset, "test")
+    teacher = build_teacher(teacher_name, 100, checkpoint=None, random_init=True, seed=0, device=device)
+    stage_one = [x for _, x in augmented_batches(train_set, train_set.train_view, _dump_batches(base, n), device=device)]
+    evaluation = [x for _, x in augmented_batches(test_set, test_set.train_view, clean_batches(test_set, 256), device=device)]
+    _bare(teacher, stage_one[:2])  # warm-up
+
+    walls, runs, bare_all, bare_stage = [], [], [], []
+    for r in range(repeats):
+        out = Path(ctx.workdir) / f"dump-{r}.zarr"
+        ctx.quiet()
+        t = time.perf_counter()
+        result = dump(replace(base, out=str(out)))
+        walls.append(time.perf_counter() - t)
+        runs.append(result)
+        shutil.rmtree(out, ignore_errors=True)
+        ctx.quiet()
+        s = _bare(teacher, stage_one)
+        bare_stage.append(s)
+        bare_all.append(s + _bare(teacher, evaluation))
+    wall, loop = median(walls), median([r.seconds for r in runs])
+    ratio_all, ratio_stage = median(bare_all) / wall, median(bare_stage) / loop
+    fwd_enc = median([r.teacher_seconds for r in runs])
+    rows = [
+        ["`dump()` end to end vs forwards of stage one + test evaluation", fmt_ms(wall), fmt_ms(median(bare_all)),
+         f"{ratio_all:.3f}", "met" if ratio_all >= TARGET else "MISSED"],
+        ["stage-one loop (`DumpResult.seconds`) vs forwards of stage one", fmt_ms(loop), fmt_ms(median(bare_stage)),
+         f"{ratio_stage:.3f}", "met" if ratio_stage >= TARGET else "MISSED"],
+    ]
+    detail = table(["", "median", "spread (range)", "n"], [
+        ["dump() wall", fmt_ms(wall), f"{spread(walls):.1f} %", repeats],
+        ["stage-one loop", fmt_ms(loop), f"{spread([r.seconds for r in runs]):.1f} %", repeats],
+        ["  of which forward + encode in the loop (`teacher_seconds`)", fmt_ms(fwd_enc), "", repeats],
+        ["bare forwards, stage one", fmt_ms(median(bare_stage)), f"{spread(bare_stage):.1f} %", repeats],
+        ["bare forwards, stage one + test split", fmt_ms(median(bare_all)), f"{spread(bare_all):.1f} %", repeats],
+    ])
+    body = [
+        f"Teacher {teacher_name} (random init), {n} CIFAR-100-shaped samples (`{dataset}`), clean view + 1 "
+        f"augmented view, top-10 bf16 (a random-init resnet110 has logits beyond fp16), chunks of 512 ({-(-n // 512)} blocks a view), batch 256, {ctx.device}, "
+        f"{torch.get_num_threads()} torch threads; {len(stage_one)} + {len(evaluation)} forward batches. "
+        f"{repeats} alternating repeats.",
+        table(["comparison", "dump", "bare forwards", "bare / dump", f"target ≥ {TARGET}"], rows),
+        detail,
+    ]
+    if min(ratio_all, ratio_stage) < TARGET or ctx.shared.get("profile_dump"):
+        out = Path(ctx.workdir) / "dump-profile.zarr"
+        prof = cProfile.Profile()
+        prof.runcall(dump, replace(base, out=str(out)))
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        text = "\n".join(line for line in buf.getvalue().splitlines() if line.strip())
+        body += ["cProfile of one dump (top 12 by own time; the teacher's convolutions are the torch "
+                 "`_conv_forward` / `conv2d` lines):", "```\n" + text[-4000:] + "\n```"]
+        shutil.rmtree(out, ignore_errors=True)
+    ctx.shared["dump_ratio"] = ratio_all
+    return Section("2. Dump cost", "\n\n".join(body))
