@@ -377,13 +377,19 @@ def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int)
     return student if world_size == 1 else wrap_ddp(student, device)
 
 
+_SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, NaN check)
+
+
 def _train_epoch(model, loss_fn, hparams, train_set, view_spec, views, epoch_views, reader, teacher, config,
                  epoch, optimizer, device, rank, world_size) -> tuple[dict[str, float], int]:
     model.train()
     order = epoch_order(config.seed, epoch, len(train_set))
     batches = global_batches(order, config.batch_size)
-    totals: dict[str, float] = defaultdict(float)
-    seen = correct = forwards = 0
+    # Running sums stay on the device: reading them back each step would make the host wait for
+    # the GPU every step, so they are read only every _SYNC_EVERY steps and at the end.
+    totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
+    correct_t = torch.zeros((), dtype=torch.int64, device=device)
+    seen = forwards = 0
     start = time.perf_counter()
     bar = tqdm(total=len(order), unit="img", unit_scale=True, desc=f"epoch {epoch}/{config.epochs}",
                disable=not config.progress or rank != 0, leave=False)
@@ -399,8 +405,8 @@ def _train_epoch(model, loss_fn, hparams, train_set, view_spec, views, epoch_vie
             yield ViewBatch(samples=mine, seeds=seeds, clean=np.zeros(len(mine), dtype=bool))
 
     labels_all = torch.from_numpy(train_set.labels)
-    for g, (batch, images) in zip(batches, augmented_batches(train_set, view_spec, local_batches(), device=device,
-                                                             workers=config.workers)):
+    pairs = zip(batches, augmented_batches(train_set, view_spec, local_batches(), device=device, workers=config.workers))
+    for step, (g, (batch, images)) in enumerate(pairs, start=1):
         target = labels_all[batch.samples].to(device, non_blocking=True)
         tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device)
         forwards += len(batch) if teacher is not None else 0
@@ -414,19 +420,27 @@ def _train_epoch(model, loss_fn, hparams, train_set, view_spec, views, epoch_vie
         optimizer.step()
         n = len(batch)
         for k, v in losses.items():
-            totals[k] += float(v.detach()) * n
-        totals["loss"] += float(loss.detach()) * n
-        correct += int((logits.detach().argmax(dim=1) == target).sum())
+            totals[k] += v.detach().double() * n
+        totals["loss"] += loss.detach().double() * n
+        correct_t += (logits.detach().argmax(dim=1) == target).sum()
         seen += n
         bar.update(len(g))
-        bar.set_postfix({k: f"{v / seen:.3f}" for k, v in totals.items()} | {"acc": f"{100 * correct / seen:.1f}"})
-        if not math.isfinite(float(loss.detach())):
-            raise BadInput(f"loss became {float(loss.detach())} at epoch {epoch}: lower --lr or check --set values")
+        if step % _SYNC_EVERY == 0:
+            means = _read_means(totals, seen, epoch)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"acc": f"{100 * int(correct_t) / seen:.1f}"})
     bar.close()
     seconds = time.perf_counter() - start
-    stats = {f"train_{k}": v / seen for k, v in totals.items()}
-    stats.update(train_acc=100.0 * correct / seen, seconds=seconds, samples_per_second=seen * world_size / seconds)
+    stats = {f"train_{k}": v for k, v in _read_means(totals, seen, epoch).items()}
+    stats.update(train_acc=100.0 * int(correct_t) / seen, seconds=seconds, samples_per_second=seen * world_size / seconds)
     return stats, forwards
+
+
+def _read_means(totals: dict[str, torch.Tensor], seen: int, epoch: int) -> dict[str, float]:
+    """Per-sample means of the running sums (one host-device sync), refusing a loss gone NaN/inf."""
+    means = {k: float(v) / seen for k, v in totals.items()}
+    if not math.isfinite(means["loss"]):
+        raise BadInput(f"loss became {means['loss']} at epoch {epoch}: lower --lr or check --set values")
+    return means
 
 
 def _teacher_view(reader, teacher, views, samples, images, target, device) -> TeacherView | None:

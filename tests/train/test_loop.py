@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from logitcache.errors import CacheMismatch
+from logitcache.errors import BadInput, CacheMismatch
 from logitcache.methods import get_method, list_methods
 from logitcache.store.reader import CacheReader
 from logitcache.teacher import build_teacher
@@ -172,6 +172,10 @@ def test_training_changes_the_weights_and_learns(train_run):
     assert (weights(out / "last.pt")["fc.weight"] - weights(start / "last.pt")["fc.weight"]).abs().max() > 1e-2
     assert result.best_acc > 50.0  # resnet8 on digits, 3 epochs from labels (chance: 10 %)
 
+
+def test_diverging_loss_stops_the_run_naming_the_fix(train_run):
+    with pytest.raises(BadInput, match=r"loss became (nan|inf) at epoch 1: lower --lr"):
+        train_run(method="ce", lr=1e30, batch_size=8)
 
 # --------------------------------------------------------------------------- methods and encodings
 @pytest.mark.parametrize("encoding", ["topk", "full"])
