@@ -67,50 +67,56 @@ def broadcast_flag(value: bool) -> bool:
     return bool(t.item())
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the gradient of a sum over ranks is the sum of the ranks' gradients."""
+class _AllGather(torch.autograd.Function):
+    """(world, *x.shape): every rank's ``x``; each rank's gradient is the sum over ranks of the
+    gradients of its row. (torch.distributed.nn's all_gather is deprecated.)"""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.stack(out)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.clone()
+        grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad
+        return grad[dist.get_rank()]
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span every rank's batch (gloo-capable).
 
-    The per-channel sums, then the sums of squared deviations from the global mean, are
-    all-reduced with an autograd-aware all_reduce, so gradients flow through the global mean
-    and variance exactly as in single-process BatchNorm over the concatenated batch.
+    Each rank's (mean, sum of squared deviations, count) per channel are all-gathered with an
+    autograd-aware collective and combined exactly (Chan et al.'s parallel variance), so that
+    gradients flow through the global mean and variance as in single-process BatchNorm over the
+    concatenated batch. One collective forward and one backward per layer: on CPUs each costs
+    about a millisecond of latency (gloo, measured here), which E[x²] − E[x]² in one all-reduce
+    would halve again, but that cancels catastrophically for channels whose variance is small
+    next to their mean (1e-2 weight differences over an epoch of DKD on digits).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        c = x.shape[1]
-        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
-        sums = _AllReduceSum.apply(torch.cat([x.sum(dim=(0, 2, 3)), count]))
-        n = sums[-1]
-        mean = sums[:c] / n
-        # Two passes, like single-process BatchNorm: E[x²] − E[x]² cancels catastrophically for
-        # channels whose variance is small next to their mean, and that error grew into 1e-2
-        # weight differences over an epoch of DKD on digits.
-        centred = x - mean.view(1, c, 1, 1)
-        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / n  # biased, as BatchNorm normalises with
+        c, shape = x.shape[1], (1, x.shape[1], 1, 1)
+        count = x.numel() // c
+        mean_local = x.mean(dim=(0, 2, 3))
+        centred = x - mean_local.view(shape)  # two passes: torch.var_mean is twice as slow on CPU
+        stats = torch.cat([mean_local, (centred * centred).sum(dim=(0, 2, 3)), x.new_full((1,), float(count))])
+        gathered = _AllGather.apply(stats)  # (world, 2c + 1)
+        counts, means = gathered[:, -1:], gathered[:, :c]
+        n = counts.sum()
+        mean = (counts * means).sum(dim=0) / n
+        var = (gathered[:, c : 2 * c].sum(dim=0) + (counts * (means - mean) ** 2).sum(dim=0)) / n  # biased, as BatchNorm normalises with
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
             self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.detach() * n / (n - 1))
-        shape = (1, c, 1, 1)
-        y = centred * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        # (x - mean) * scale + bias, folded into one pass over the activations.
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias + (mean_local - mean) * scale
+        return torch.addcmul(shift.view(shape), centred, scale.view(shape))
 
 
 def _to_global_bn(module: nn.Module) -> nn.Module:
