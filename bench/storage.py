@@ -88,7 +88,7 @@ def _codec_sweep(ctx: Ctx, classes: int, enc: EncodingInfo, n: int) -> list[list
                for i, c in enumerate(codecs)]
     fill_stores(targets, labels, synth)
     rows = []
-    for (path, spec), c in zip(targets, codecs):
+    for (path, _), c in zip(targets, codecs):
         total, fields = _per_view(path, n)
         reader = CacheReader(path, check=False)
         load = min(_time(lambda: reader._load(0)) for _ in range(3))

@@ -23,7 +23,7 @@ def models_command(
     for name in names:
         params = count_parameters(create_model(name, num_classes=num_classes))
         typer.echo(f"{name:<{width}}  {params:>12,}  ({params / 1e6:.2f} M)")
-    typer.echo(f"+ tv:<name> for any torchvision classification model")
+    typer.echo("+ tv:<name> for any torchvision classification model")
 
 
 def register(app: typer.Typer) -> None:

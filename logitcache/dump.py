@@ -25,7 +25,7 @@ from .cache_home import location_in_home
 from .datasets import ImageDataset, open_dataset
 from .distributed import local_device
 from .errors import BadInput, CacheMismatch, DataError
-from .loader import ViewBatch, augmented_batches, clean_batches
+from .loader import ViewBatch, augmented_batches
 from .models import weights_sha256
 from .store.encodings import get_encoding
 from .store.format import (
