@@ -77,7 +77,8 @@ def run(ctx: Ctx) -> Section:
     dump_walls: dict[str, list[float]] = {"1 process, 1 thread": [], "1 process, 2 threads": [],
                                           f"{PROCS} × --shard i/{PROCS}, 1 thread each": []}
     train_walls: dict[str, list[float]] = {"1 process, 1 thread": [], "1 process, 2 threads": [],
-                                           f"torchrun {PROCS} processes, 1 thread each": []}
+                                           f"torchrun {PROCS} processes, 1 thread each": [],
+                                           f"torchrun {PROCS} processes, 1 thread each, --no-sync-bn": []}
     train_rates: dict[str, list[float]] = {k: [] for k in train_walls}
     for r in range(rounds):
         for k, (what, threads) in enumerate(zip(dump_walls, (1, PROCS, 1))):
@@ -86,9 +87,9 @@ def run(ctx: Ctx) -> Section:
             argvs = [base] if "shard" not in what else [[*base, "--shard", f"{i}/{PROCS}"] for i in range(PROCS)]
             dump_walls[what].append(_timed(ctx, argvs, threads))
         cache = work / f"dump-{r}-0.zarr"  # this round's single-process store
-        for k, (what, threads) in enumerate(zip(train_walls, (1, PROCS, 1))):
+        for k, (what, threads) in enumerate(zip(train_walls, (1, PROCS, 1, 1))):
             out = work / f"train-{r}-{k}"
-            args = _train_args(dataset, cache, out)
+            args = _train_args(dataset, cache, out) + (["--no-sync-bn"] if "no-sync-bn" in what else [])
             argv = ([_script("torchrun"), "--standalone", "--nproc-per-node", str(PROCS), "-m", "logitcache", *args]
                     if "torchrun" in what else [_script("logitcache"), *args])
             train_walls[what].append(_timed(ctx, [argv], threads))
@@ -114,6 +115,10 @@ def run(ctx: Ctx) -> Section:
         "torchrun training (resnet20 student, KD from the cache, 1 epoch; loop rate excludes start-up and evaluation):",
         table(["train", "wall", "speed-up (wall)", "loop samples/s", "speed-up (loop)"], rows(train_walls, train_rates)),
         "With 2 cores, 2 processes can at best double the 1-thread rate; the wall times include each process's "
-        "start (importing torch, opening the data) and, for training, the test evaluation, which do not shrink.",
+        "start (importing torch, opening the data) and, for training, the test evaluation, which do not shrink. "
+        "Global BatchNorm (the default, which makes N processes train what one would) costs two gloo collectives "
+        "per BatchNorm layer and step, each about a millisecond or more on this machine, where two processes on "
+        "two cores also wait for each other at every one; `--no-sync-bn` (plain DDP, each process normalising "
+        "its own share) leaves one gradient all-reduce per step.",
     ])
     return Section("6. Scale-out (torchrun training, sharded dump)", body)

@@ -66,6 +66,7 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of the student's initialisation and the sample order.")] = 0,
     device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
+    sync_bn: Annotated[bool, typer.Option(help="Under torchrun: BatchNorm statistics over the global batch, so N processes train what one process would; --no-sync-bn normalises each process's share (plain DDP, faster, most on CPUs).")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
     config: Annotated[str | None, typer.Option(help="TOML file of options (keys as option names); command-line options win.", is_eager=True, callback=_load_config)] = None,
     quiet: QuietOpt = False,
@@ -87,7 +88,7 @@ def train_command(
         preset=None if preset in (None, "none") else preset, logit_stand=logit_stand, overrides=tuple(set_ or ()),
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=stones,
         lr_decay=lr_decay, view_policy=view_policy, views=views, view_seed=view_seed, seed=seed, device=device,
-        workers=workers, resume=resume, progress=not quiet,
+        workers=workers, sync_bn=sync_bn, resume=resume, progress=not quiet,
     )
     # Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes and prints.
     with distributed_context() as (rank, world):

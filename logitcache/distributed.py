@@ -7,7 +7,8 @@ those views and reads those samples' teacher logits; rank 0 alone writes files.
 
 BatchNorm statistics are computed over the global batch, so N processes train the same model
 as one process with the same global batch: ``nn.SyncBatchNorm`` on GPUs, and on CPUs (which
-SyncBatchNorm does not support) :class:`GlobalBatchNorm2d`, which all-reduces the batch sums.
+SyncBatchNorm does not support) :class:`GlobalBatchNorm2d`, which all-gathers each rank's
+statistics. ``sync_bn=False`` keeps plain per-rank BatchNorm, trading that equivalence for speed.
 """
 
 from __future__ import annotations
@@ -129,13 +130,14 @@ def _to_global_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """Global-batch BatchNorm plus DistributedDataParallel, for the current device type.
+def wrap_ddp(model: nn.Module, device: torch.device, *, sync_bn: bool = True) -> nn.Module:
+    """DistributedDataParallel for the current device type, with global-batch BatchNorm unless
+    ``sync_bn`` is False (then each rank normalises its own share, as plain DDP does).
 
     The BatchNorm layers are replaced in place, so ``model`` itself (whose state dict keeps the
     usual names) is what gets checkpointed.
     """
     if device.type == "cuda":
-        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn else model
         return nn.parallel.DistributedDataParallel(converted, device_ids=[device.index])
-    return nn.parallel.DistributedDataParallel(_to_global_bn(model))
+    return nn.parallel.DistributedDataParallel(_to_global_bn(model) if sync_bn else model)

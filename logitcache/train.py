@@ -79,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 2
+    sync_bn: bool = True  # under torchrun: BatchNorm over the global batch (else each rank's share)
     resume: bool = False
     progress: bool = True
 
@@ -218,7 +219,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
     barrier()  # every rank has checked the run folder before rank 0 writes into it
     torch.manual_seed(config.seed)
     student = create_model(config.student, num_classes=train_set.num_classes).to(device)
-    model = _wrap_distributed(student, device, world_size)
+    model = _wrap_distributed(student, device, world_size, config.sync_bn)
     optimizer = torch.optim.SGD(student.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
@@ -305,8 +306,10 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, di
         if not last.exists() and not (out / "config.json").exists():
             raise BadInput(f"nothing to resume in {out}: no last.pt (drop --resume to start the run)")
         saved = json.loads((out / "config.json").read_text())["config"]
-        diffs = [f"{_option_name(k)} {saved.get(k)!r} -> {v!r}" for k, v in config.to_json().items()
-                 if k not in ("resume", "progress", "device", "workers") and saved.get(k) != v]
+        # A setting the run's config.json predates had its default then.
+        defaults = TrainConfig(student="", dataset="", out="").to_json()
+        diffs = [f"{_option_name(k)} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in config.to_json().items()
+                 if k not in ("resume", "progress", "device", "workers") and saved.get(k, defaults[k]) != v]
         if diffs:
             raise BadInput(f"--resume with other settings than the run in {out} ({', '.join(diffs)}): use the same options")
         if not last.exists():  # stopped before its first epoch ended: run it again from the start
@@ -373,8 +376,8 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     _utils.atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 
-def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int) -> nn.Module:
-    return student if world_size == 1 else wrap_ddp(student, device)
+def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int, sync_bn: bool) -> nn.Module:
+    return student if world_size == 1 else wrap_ddp(student, device, sync_bn=sync_bn)
 
 
 _SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, NaN check)

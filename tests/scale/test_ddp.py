@@ -52,6 +52,19 @@ def test_two_processes_match_one(caches, tmp_path, case, run_script):
     assert "best test top-1" in two.stdout and two.stdout.count("run saved in") == 1
 
 
+def test_no_sync_bn_normalises_each_share(caches, tmp_path, run_script):
+    """--no-sync-bn is plain DDP: BatchNorm sees each rank's half of the batch, so its running
+    statistics (and with them the weights) part from the single-process run."""
+    single, local = tmp_path / "single", tmp_path / "local"
+    assert run_script("logitcache", _train_args(caches["kd"], single, "kd")).returncode == 0
+    two = run_script("torchrun", ["--standalone", "--nproc-per-node", "2", "-m", "logitcache",
+                                  *_train_args(caches["kd"], local, "kd"), "--no-sync-bn"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(single), _weights(local)
+    assert list(a) == list(b)
+    assert float((a["bn1.running_var"] - b["bn1.running_var"]).abs().max()) > 1e-4
+    assert '"sync_bn": false' in (local / "config.json").read_text()
+
 def test_ranks_differ_from_a_different_seed(caches, tmp_path, run_script):
     """The comparison above can fail: another seed gives other weights."""
     runs = []
