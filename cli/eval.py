@@ -12,10 +12,10 @@ from ._options import DataRootOpt, DeviceOpt
 
 
 def eval_command(
-    model: Annotated[str, typer.Option(help="Model name the checkpoint belongs to.")],
     checkpoint: Annotated[str, typer.Option(help="State dict (e.g. a run's best.pt).")],
     dataset: Annotated[str, typer.Option(help="Dataset to evaluate on.")],
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    model: Annotated[str | None, typer.Option(help="Model name the checkpoint belongs to [default: the one its run folder's config.json names].")] = None,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:

@@ -456,11 +456,26 @@ def _teacher_view(reader, teacher, views, samples, images, target, device) -> Te
     return None
 
 
-def evaluate_checkpoint(model_name: str, checkpoint: str | os.PathLike, dataset: str, *, split: str = "test",
+def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, dataset: str, *, split: str = "test",
                         data_root: str | None = None, device: str = "auto") -> dict[str, float]:
-    """Top-1/top-5 (%), NLL and ECE of a checkpoint on the clean images of a dataset split."""
+    """Top-1/top-5 (%), NLL and ECE of a checkpoint on the clean images of a dataset split.
+
+    Without ``model_name``, the checkpoint must lie in a ``train`` run folder, whose
+    ``config.json`` names the model.
+    """
+    if model_name is None:
+        model_name = _run_model(Path(checkpoint))
     dev = _utils.resolve_device(device)
     data = open_dataset(dataset, split, data_root=data_root)
     model = create_model(model_name, num_classes=data.num_classes)
     load_checkpoint(model, checkpoint)
     return evaluate_model(model.to(dev), data, device=dev)
+
+
+def _run_model(checkpoint: Path) -> str:
+    record = checkpoint.parent / "config.json"
+    try:
+        return json.loads(record.read_text())["config"]["student"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInput(f"{checkpoint} is not in a `logitcache train` run folder (no readable {record.name} "
+                       "beside it): pass --model NAME") from None

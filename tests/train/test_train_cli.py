@@ -58,6 +58,21 @@ def test_ce_trains_without_a_teacher_and_eval_reads_its_checkpoint(tmp_path, run
         (expected["top1"], expected["top5"], expected["nll"], expected["ece"]), abs=0.005)
     assert top1 <= top5 <= 100 and nll > 0 and 0 <= ece <= 1
 
+    # Without --model, the run folder's config.json names it.
+    again = run_cli(["eval", "--checkpoint", out / "best.pt", "--dataset", "digits", "--device", "cpu"])
+    assert again.code == 0 and again.out == shown.out, again.err
+
+
+def test_eval_without_model_outside_a_run_folder_names_the_fix(tmp_path, run_cli):
+    out = tmp_path / "ce"
+    assert run_cli(["train", "--method", "ce", *BASE, "--out", out]).code == 0
+    loose = tmp_path / "loose.pt"
+    loose.write_bytes((out / "best.pt").read_bytes())
+    refused = run_cli(["eval", "--checkpoint", loose, "--dataset", SYNTHETIC, "--device", "cpu"])
+    assert refused.code == 2
+    assert "is not in a `logitcache train` run folder" in _one_error_line(refused.err)
+    assert "pass --model NAME" in refused.err
+
 
 def test_eval_of_a_checkpoint_for_another_model_is_refused(tmp_path, run_cli):
     out = tmp_path / "ce"
