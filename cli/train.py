@@ -96,7 +96,7 @@ def train_command(
     if rank:
         return
     hp = ", ".join(f"{k}={v}" for k, v in result.hparams.items())
-    typer.echo(f"{method} ({hp}): best test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, "
+    typer.echo(f"{method}" + (f" ({hp})" if hp else "") + f": best test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, "
                f"last {result.last_acc:.2f}%, {result.seconds:.1f} s; teacher forwards saved {result.teacher_forwards_saved:,}")
     typer.echo(f"run saved in {result.out}")
 

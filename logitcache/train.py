@@ -260,6 +260,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
             record = {"epoch": epoch, "lr": lr, **stats,
                       **{f"test_{k}": v for k, v in test.items()}}
             _append_metrics(out / "metrics.jsonl", record)
+            echo(_epoch_line(epoch, config.epochs, stats, test, best, lr))
             _utils.atomic_torch_save({
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
@@ -378,6 +379,16 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
 
 def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int, sync_bn: bool) -> nn.Module:
     return student if world_size == 1 else wrap_ddp(student, device, sync_bn=sync_bn)
+
+
+def _epoch_line(epoch: int, epochs: int, stats: dict[str, float], test: dict[str, float],
+                best: dict[str, float], lr: float) -> str:
+    # One line per epoch survives in logs (Slurm, nohup) where progress bars are carriage-return noise.
+    terms = ", ".join(f"{k[len('train_'):]} {v:.3f}" for k, v in stats.items()
+                      if k.startswith("train_") and k not in ("train_loss", "train_acc"))
+    return (f"epoch {epoch}/{epochs}  loss {stats['train_loss']:.3f}" + (f" ({terms})" if terms else "")
+            + f"  train {stats['train_acc']:.2f}%  test {test['top1']:.2f}% (best {best['acc']:.2f}% @{best['epoch']})"
+            + f"  lr {lr:g}  {stats['samples_per_second']:,.0f} img/s  {stats['seconds']:.1f} s")
 
 
 _SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, NaN check)

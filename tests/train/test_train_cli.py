@@ -40,6 +40,10 @@ def test_ce_trains_without_a_teacher_and_eval_reads_its_checkpoint(tmp_path, run
                     "--device", "cpu", "--quiet", "--out", out])
     assert done.code == 0, done.err
     assert f"run saved in {out}" in done.out and "teacher forwards saved 0" in done.out
+    assert done.out.startswith("epoch 1/2  loss ")  # one line per epoch, kept in logs even with --quiet
+    for record in read_metrics(out):
+        assert (f"epoch {record['epoch']}/2  loss {record['train_loss']:.3f} (ce {record['train_ce']:.3f})  "
+                f"train {record['train_acc']:.2f}%  test {record['test_top1']:.2f}%") in done.out
     summary = read_json(out / "summary.json")
     assert summary["teacher_forwards_saved"] == summary["teacher_forwards_run"] == 0
 
