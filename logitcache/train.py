@@ -300,13 +300,22 @@ def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConf
         )
 
 
+def _saved_config(run: Path) -> dict | None:
+    """The options a run folder's config.json records, or None where there is no readable one."""
+    try:
+        saved = json.loads((run / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, dict | None]:
     """(first epoch to run, saved state) — refusing to overwrite another run."""
     last = out / "last.pt"
     if config.resume:
-        if not last.exists() and not (out / "config.json").exists():
-            raise BadInput(f"nothing to resume in {out}: no last.pt (drop --resume to start the run)")
-        saved = json.loads((out / "config.json").read_text())["config"]
+        saved = _saved_config(out)
+        if saved is None:
+            raise BadInput(f"nothing to resume in {out}: no readable config.json of a run (drop --resume to start the run)")
         # A setting the run's config.json predates had its default then.
         defaults = TrainConfig(student="", dataset="", out="").to_json()
         diffs = [f"{_option_name(k)} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in config.to_json().items()
@@ -484,9 +493,8 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, d
 
 
 def _run_model(checkpoint: Path) -> str:
-    record = checkpoint.parent / "config.json"
-    try:
-        return json.loads(record.read_text())["config"]["student"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise BadInput(f"{checkpoint} is not in a `logitcache train` run folder (no readable {record.name} "
-                       "beside it): pass --model NAME") from None
+    saved = _saved_config(checkpoint.parent)
+    if saved is None or "student" not in saved:
+        raise BadInput(f"{checkpoint} is not in a `logitcache train` run folder (no readable config.json "
+                       "beside it): pass --model NAME")
+    return saved["student"]

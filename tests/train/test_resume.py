@@ -109,6 +109,14 @@ def test_resume_with_nothing_to_resume_is_refused(synthetic_cache, tmp_path, run
         assert refused.code == 2
         assert "nothing to resume" in _one_error_line(refused.err)
     assert list(tmp_path.iterdir()) == []
+    # A last.pt without the run's config.json cannot be checked against the options: refused, untouched.
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "last.pt").write_bytes(b"not a run")
+    refused = run_cli(_small_args(synthetic_cache, stray, "--resume"))
+    assert refused.code == 2
+    assert "nothing to resume" in _one_error_line(refused.err)
+    assert [p.name for p in stray.iterdir()] == ["last.pt"]
 
 
 def test_existing_run_folder_is_refused_untouched(synthetic_cache, finished_run, tmp_path, run_cli, snapshot):
