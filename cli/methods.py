@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
+from logitcache.errors import UnknownName
 from logitcache.methods import get_method, list_methods
+from logitcache.methods._registry import METHODS
 
 
 def methods_command(
@@ -17,6 +19,8 @@ def methods_command(
     Change a hyper-parameter with `train --set KEY=VALUE`; `--preset auto` applies the published
     per-pair preset for the teacher and student when there is one."""
     if name is not None:
+        if name not in METHODS:  # pointing at `logitcache methods` from itself would be no help
+            raise UnknownName(METHODS.unknown_message(name, list_names=True))
         info = get_method(name)
         typer.echo(f"{info.name}: {info.summary}")
         typer.echo("defaults: " + (", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "none"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,31 +10,8 @@ from logitcache.distributed import distributed_context
 from logitcache.errors import BadInput
 from logitcache.train import TrainConfig, train
 
+from ._config import load_config, merge_set
 from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt
-
-
-def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
-    """Read a TOML file whose keys are option names; explicit command-line options win."""
-    if not value:
-        return value
-    path = Path(value)
-    if not path.is_file():
-        raise typer.BadParameter(f"{path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise typer.BadParameter(f"{path} is not valid TOML: {e}") from None
-    # Keys are option names (--set -> set), not parameter names: ``set`` is the parameter ``set_``.
-    names = {
-        next(o for o in p.opts if o.startswith("--"))[2:].replace("-", "_"): p.name
-        for p in ctx.command.params if p.name not in ("config", "help")
-    }
-    values = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise typer.BadParameter(f"unknown key(s) {', '.join(unknown)} in {path}; valid keys: {', '.join(sorted(names))}")
-    ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in values.items()}}
-    return value
 
 
 def train_command(
@@ -52,7 +27,7 @@ def train_command(
     data_root: DataRootOpt = None,
     preset: Annotated[str | None, typer.Option(help="Hyper-parameter preset: auto (the published one for this teacher-student pair, if any), a preset name, or none.")] = "auto",
     logit_stand: Annotated[bool, typer.Option(help="Logit standardization (Sun et al. 2024) with its published weights.")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Hyper-parameter override KEY=VALUE (repeatable); `logitcache methods` lists them.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Hyper-parameter override KEY=VALUE (repeatable); `logitcache methods` lists them.", callback=merge_set)] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 240,
     batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
     lr: Annotated[float | None, typer.Option(help="Learning rate [default: 0.05; 0.01 for MobileNetV2/ShuffleNet].")] = None,
@@ -68,7 +43,7 @@ def train_command(
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     sync_bn: Annotated[bool, typer.Option(help="Under torchrun: BatchNorm statistics over the global batch, so N processes train what one process would; --no-sync-bn normalises each process's share (plain DDP, faster, most on CPUs).")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
-    config: Annotated[str | None, typer.Option(help="TOML file of options (keys as option names); command-line options win.", is_eager=True, callback=_load_config)] = None,
+    config: Annotated[str | None, typer.Option(help="TOML file of options (keys as option names, hyper-parameters under set); command-line options win, --set key by key.", is_eager=True, callback=load_config)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a student with a KD method from cached teacher logits.

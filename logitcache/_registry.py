@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import UnknownName
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """``"did you mean a, b? "`` for the (at most ``n``) choices close to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f"did you mean {', '.join(close)}? " if close else ""
 
 
 class Registry(Generic[T]):
@@ -38,10 +44,10 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownName(self.unknown_message(name)) from None
 
-    def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        return f"unknown {self.kind} {name!r}: {hint}`{self._list_command}` lists them all"
+    def unknown_message(self, name: str, *, list_names: bool = False) -> str:
+        """``list_names``: name every item instead of the command that lists them (for that command itself)."""
+        listing = f"valid are {', '.join(self._items)}" if list_names else f"`{self._list_command}` lists them all"
+        return f"unknown {self.kind} {name!r}: {did_you_mean(name, self._items)}{listing}"
 
     def names(self, pattern: str = "*") -> list[str]:
         return [n for n in self._items if fnmatch.fnmatchcase(n, pattern)]

@@ -192,7 +192,8 @@ quiet = true
     assert c["epochs"] == 1  # the command line wins
     assert (c["lr"], c["batch_size"], c["view_policy"], c["method"], c["cache"]) == (
         0.2, 32, "random", "kd", str(synthetic_cache))
-    assert saved["hparams"] == {**get_method("kd").defaults(), "kd_weight": 0.7}, "--set replaces the TOML list"
+    assert saved["hparams"] == {**get_method("kd").defaults(), "temperature": 2.0, "ce_weight": 0.5,
+                                "kd_weight": 0.7}, "--set merges with the TOML list key by key"
     assert [m["lr"] for m in read_metrics(out)] == [0.2]
 
     out2 = tmp_path / "run2"
