@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .errors import BadInput
+from .errors import BadInput, OutputError
 
 
 def resolve_device(device: str) -> torch.device:
@@ -38,6 +38,28 @@ def tool_version() -> str:
         return version("logitcache")
     except PackageNotFoundError:
         return "unknown"
+
+
+def check_output_location(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before anything is computed or written, an output that could not be created:
+    one :class:`OutputError` naming the path and the operating system's reason.
+
+    The test is a real one, because permission bits do not stop root while /proc, /sys or a
+    read-only mount still do: an anonymous temporary file in the folder that would hold
+    ``path`` (its nearest existing ancestor). It leaves no name behind and does not touch
+    ``path`` itself, so it is safe on a store others are reading and under torchrun, where every
+    process checks at once. Whether an existing ``path`` may be reused is the caller's question.
+    """
+    path = Path(path)
+    folder = next((p for p in path.parents if p.exists()), path)
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {folder} is a file, not a folder; choose another {what}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {path}: creating a file in {folder} fails ({e.strerror}); "
+                          f"choose another {what}") from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -51,6 +51,7 @@ class DemoRow:
 def run_demo(config: DemoConfig, echo=print) -> list[DemoRow]:
     """Run the demo into ``config.out`` and return one row per trained model (teacher first)."""
     out = Path(config.out)
+    _utils.check_output_location(out, "--out")
     if out.exists() and any(out.iterdir()):
         if not config.overwrite:
             raise BadInput(f"{out} already holds files: pass --overwrite to replace a previous demo, or another --out")

@@ -156,9 +156,12 @@ def dump(config: DumpConfig) -> DumpResult:
         seed=config.seed, device=device,
     )
     spec = build_spec(config, dataset, teacher)
+    option = "--out" if config.out is not None else "LOGITCACHE_HOME"
     if config.out is None:  # file it in the cache home under a content-addressed name
         config = dataclasses.replace(config, out=location_in_home(spec))
     _check_out(config.out)
+    if (local := _local_path(config.out)) is not None:
+        _utils.check_output_location(local, option)
     if config.finalize_only:
         return _finalize_only(config, spec, teacher, device)
     index, count = config.shard

@@ -22,6 +22,10 @@ class BadInput(LogitcacheError, ValueError):
     """An option or file that cannot be used as given."""
 
 
+class OutputError(BadInput):
+    """An output location that cannot be created or written (under a file, on /proc, read-only)."""
+
+
 class CheckpointError(LogitcacheError):
     """A checkpoint that cannot be loaded into the model it is meant for."""
 

@@ -182,6 +182,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
     matching cache in the cache home (``cache_home.find_cache``) and says which via ``echo``.
     """
     _validate(config)
+    _utils.check_output_location(config.out, "--out")
     device = local_device(_utils.resolve_device(config.device))
     method = get_method(config.method)
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)

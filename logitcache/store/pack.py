@@ -11,6 +11,7 @@ import os
 import zipfile
 from pathlib import Path
 
+from .._utils import check_output_location
 from ..errors import BadInput, CacheIncomplete
 from .zarr_store import ZarrStore, _local_path
 
@@ -27,6 +28,7 @@ def pack(store: str | os.PathLike, archive: str | os.PathLike, *, overwrite: boo
         raise BadInput(f"the archive name must end in .zip, got {dst}")
     if dst.exists() and not overwrite:
         raise BadInput(f"{dst} exists: pass --overwrite to replace it")
+    check_output_location(dst, "archive")
     tmp = dst.with_name(f".{dst.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for path in sorted(src.rglob("*")):
@@ -44,8 +46,9 @@ def unpack(archive: str | os.PathLike, store: str | os.PathLike) -> Path:
     src, dst = Path(archive), Path(store)
     if not zipfile.is_zipfile(src):
         raise BadInput(f"{src} is not a zip archive made by `logitcache pack`")
-    if dst.exists() and any(dst.iterdir()):
-        raise BadInput(f"{dst} exists and is not empty: choose another destination")
+    if dst.is_file() or (dst.exists() and any(dst.iterdir())):
+        raise BadInput(f"{dst} exists and is not an empty folder: choose another destination")
+    check_output_location(dst, "destination")
     ZarrStore.open(src)  # refuses archives that do not hold a logitcache store
     tmp = dst.with_name(f".{dst.name}.tmp")
     with zipfile.ZipFile(src) as z:

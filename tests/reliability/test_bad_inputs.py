@@ -13,6 +13,7 @@ import importlib
 import json
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,3 +322,74 @@ def test_a_broken_image_found_mid_dump(files, run_cli, tmp_path):
     assert "holds a cache made with other settings (dataset.fingerprint" in refused and "--overwrite" in refused
     assert run_cli([*command, "--overwrite"]).code == 0
     assert ZarrStore.open(out).provenance.complete
+
+
+# --------------------------------------------------------------------------- outputs that cannot be written
+# Tests run as root, whom permission bits do not stop: the unwritable places are a path under a
+# regular file, /proc (no new entries at all) and /sys (EACCES even for root).
+UNWRITABLE = {
+    "under a file": (lambda tmp: tmp / "a-file" / "x", "a-file is a file, not a folder"),
+    "/proc": (lambda tmp: Path("/proc/logitcache-test"), "creating a file in /proc fails (No such file or directory)"),
+    "/sys": (lambda tmp: Path("/sys/logitcache-test"), "creating a file in /sys fails (Permission denied)"),
+}
+WRITERS = {  # command -> its argv writing to ``bad``
+    "dump": lambda bad, src: [*DUMP, "--dataset", SYNTHETIC, "--random-init", "--out", bad / "c.zarr"],
+    "dump into LOGITCACHE_HOME": lambda bad, src: [*DUMP, "--dataset", SYNTHETIC, "--random-init"],
+    "train": lambda bad, src: [*TRAIN, "--dataset", SYNTHETIC, "--method", "ce", "--out", bad / "run"],
+    "pack": lambda bad, src: ["pack", src["store"], bad / "c.zip"],
+    "unpack": lambda bad, src: ["unpack", src["zip"], bad / "c.zarr"],
+    "demo": lambda bad, src: ["demo", "--device", "cpu", "--quiet", "--out", bad / "demo"],
+}
+
+
+@pytest.fixture(scope="module")
+def packed(make_cache, tmp_path_factory):
+    from logitcache.store.pack import pack
+
+    store = make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)
+    return {"store": store, "zip": pack(store, tmp_path_factory.mktemp("packed") / "c.zip")}
+
+
+@pytest.mark.parametrize("where", list(UNWRITABLE))
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_an_output_that_cannot_be_written(command, where, packed, run_cli, tmp_path, monkeypatch):
+    make, words = UNWRITABLE[where]
+    bad = make(tmp_path)
+    if not bad.parents[-2].exists():  # /proc or /sys: Linux only
+        pytest.skip(f"no {bad.parents[-2]} here")
+    (tmp_path / "a-file").write_text("a regular file")
+    monkeypatch.setenv("LOGITCACHE_HOME", str(bad / "home"))
+    line = _one_line(run_cli(WRITERS[command](bad, packed)))
+    assert line.startswith("error: cannot write ") and words in line and str(bad) in line, line
+    option = {"dump into LOGITCACHE_HOME": "LOGITCACHE_HOME", "pack": "archive", "unpack": "destination"}
+    assert line.endswith(f"choose another {option.get(command, '--out')}"), line
+    assert not bad.exists()
+    assert (tmp_path / "a-file").read_text() == "a regular file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_packed_store_is_not_repaired(packed, run_cli, snapshot):
+    before = snapshot(packed["zip"].parent)
+    line = _one_line(run_cli(["verify", packed["zip"], "--repair", "--random-init", "--device", "cpu"]))
+    assert "is a packed store and read-only: `logitcache unpack` it into a folder" in line
+    assert snapshot(packed["zip"].parent) == before
+
+
+def test_an_os_error_later_on_is_one_line_naming_the_path(make_cache, run_cli, tmp_path, monkeypatch):
+    """What no up-front check can foresee (a disk that fills up during a run, a loader creating
+    a folder) still ends in one line naming the path and the reason, not a traceback."""
+    import errno
+
+    from logitcache import _utils
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(_utils, "atomic_write_bytes", full)
+    out = tmp_path / "run"
+    line = _one_line(run_cli([*TRAIN, "--dataset", SYNTHETIC, "--method", "ce", "--out", out]))
+    assert line == f"error: {out / 'config.json'}: No space left on device (check the path and its permissions)"
+    monkeypatch.undo()
+    line = _one_line(run_cli([*DUMP, "--dataset", "cifar10", "--download", "--random-init", "--data-root",
+                              "/proc/logitcache-test", "--out", tmp_path / "c.zarr"]))
+    assert line.startswith("error: /proc/logitcache-test: No such file or directory")
