@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from logitcache._registry import did_you_mean
+from logitcache.errors import UnknownName
 from logitcache.models import count_parameters, create_model, list_models
 
 
@@ -17,8 +19,8 @@ def models_command(
     available as tv:<name> (e.g. tv:resnet18)."""
     names = list_models(pattern)
     if not names:
-        typer.echo(f"no model matches {pattern!r}")
-        raise typer.Exit(1)
+        raise UnknownName(f"no model matches {pattern!r}: {did_you_mean(pattern, list_models())}"
+                          "`logitcache models` lists them all")
     width = max(len(n) for n in names)
     for name in names:
         params = count_parameters(create_model(name, num_classes=num_classes))

@@ -160,3 +160,9 @@ def test_methods_with_an_unknown_name_lists_the_valid_ones(run_cli):
     line = _one_error_line(run_cli(["methods", "dk"]))
     assert "unknown method 'dk': did you mean dkd, kd?" in line
     assert line.endswith("valid are " + ", ".join(list_methods()))
+
+
+def test_models_with_a_pattern_matching_nothing_suggests_names(run_cli):
+    line = _one_error_line(run_cli(["models", "resnt8"]))
+    assert line.startswith("error: no model matches 'resnt8': did you mean resnet8")
+    assert line.endswith("`logitcache models` lists them all")
