@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from logitcache.cache_home import cache_home, list_caches
+from logitcache.cache_home import cache_home, describe_teacher, list_caches
 
 from ._options import human_bytes
 
@@ -14,7 +14,8 @@ from ._options import human_bytes
 def ls_command(
     home: Annotated[str | None, typer.Option(help="Cache home to list [default: LOGITCACHE_HOME or ~/.cache/logitcache].")] = None,
 ) -> None:
-    """List the caches in the cache home: teacher, dataset, views, encoding, size, creation date.
+    """List the caches in the cache home: teacher (its weights hash and test accuracy, which tell two
+    checkpoints of one architecture apart), dataset, views, encoding, size, creation date.
 
     `dump` without --out files its store there; `train` without --cache finds it there."""
     home = home or cache_home()
@@ -26,7 +27,8 @@ def ls_command(
     for e in entries:
         s = e.spec
         status = "" if e.complete else "  [INCOMPLETE]"
-        typer.echo(f"{e.location}{status}\n    {s.teacher.name} on {s.dataset.name} [{s.dataset.split}] "
+        typer.echo(f"{e.location}{status}\n    {describe_teacher(s.teacher, e.teacher_test_accuracy)}, "
+                   f"on {s.dataset.name} [{s.dataset.split}] "
                    f"({s.dataset.num_samples:,} samples), {s.views.count} views, {s.encoding.describe()}, "
                    f"{human_bytes(e.bytes_on_disk)}, created {e.created_at}")
 

@@ -5,7 +5,8 @@ folder or an fsspec URL (``s3://bucket/caches``) that a team can share. ``dump``
 ``--out`` files its store there as ``<teacher>_<dataset>_<split>_<views>v_<encoding>-<id>.zarr``,
 where ``<id>`` is a fingerprint of the store's spec, so equal dumps land on the same name and
 resume each other. ``train`` without ``--cache`` looks there for the complete cache made for its
-dataset (and teacher, if given), says which it used, or explains the near-misses.
+dataset (and teacher, and the teacher's weights, if given), says which it used, or explains the
+near-misses; caches of two different teachers are never chosen between silently.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CacheError, CacheNotFound
-from .store.format import CacheSpec
+from .errors import BadInput, CacheError, CacheNotFound
+from .store.format import CacheSpec, TeacherInfo
 from .store.zarr_store import ZarrStore, is_url
 
 
@@ -51,11 +52,22 @@ class CacheEntry:
     complete: bool
     created_at: str
     bytes_on_disk: int
+    teacher_test_accuracy: float | None = None
 
     def describe(self) -> str:
-        s = self.spec
-        return (f"{s.teacher.name} on {s.dataset.name} [{s.dataset.split}], {s.views.count} views, "
-                f"{s.encoding.describe()}")
+        return describe_cache(self.spec, self.teacher_test_accuracy)
+
+
+def describe_teacher(teacher: TeacherInfo, test_accuracy: float | None) -> str:
+    """The teacher of a cache, told apart from other checkpoints of its architecture."""
+    acc = "unknown" if test_accuracy is None else f"{test_accuracy:.2f}%"
+    return f"{teacher.name} weights {teacher.weights_sha256[:12]}, teacher test acc {acc}"
+
+
+def describe_cache(spec: CacheSpec, teacher_test_accuracy: float | None) -> str:
+    """One line on what a cache holds: teacher (with its weights), data, views, encoding."""
+    return (f"{describe_teacher(spec.teacher, teacher_test_accuracy)}, on {spec.dataset.name} [{spec.dataset.split}], "
+            f"{spec.views.count} views, {spec.encoding.describe()}")
 
 
 def list_caches(home: str | None = None) -> list[CacheEntry]:
@@ -68,7 +80,8 @@ def list_caches(home: str | None = None) -> list[CacheEntry]:
         except CacheError:
             continue
         entries.append(CacheEntry(location=location, spec=store.spec, complete=store.provenance.complete,
-                                  created_at=store.provenance.created_at, bytes_on_disk=store.nbytes_stored()))
+                                  created_at=store.provenance.created_at, bytes_on_disk=store.nbytes_stored(),
+                                  teacher_test_accuracy=store.provenance.teacher_test_accuracy))
     return sorted(entries, key=lambda e: e.created_at, reverse=True)
 
 
@@ -90,21 +103,30 @@ def _children(home: str) -> list[str]:
 
 
 def find_cache(*, dataset_name: str, split: str, num_samples: int, num_classes: int, fingerprint: str,
-               teacher: str | None = None, home: str | None = None) -> tuple[CacheEntry, list[str]]:
-    """The newest complete cache for this data (and teacher), plus notes on what else was seen.
+               teacher: str | None = None, weights_sha256: str | None = None,
+               home: str | None = None) -> tuple[CacheEntry, list[str]]:
+    """The newest complete cache for this data (and teacher, and teacher weights), plus notes on
+    what else was seen.
+
+    Caches of one teacher are interchangeable (the newest wins, ties by name, and the notes say
+    which others matched); caches of different teachers (architecture or weights) are not, so
+    matches of several teachers are refused rather than picked from.
 
     Raises:
         CacheNotFound: no cache matches; the message lists every near-miss and why it is one.
+        BadInput: the matches hold more than one teacher; the message lists them.
     """
     home = home or cache_home()
     entries = list_caches(home)
     misses: list[str] = []
     matches: list[CacheEntry] = []
     for e in entries:
-        d = e.spec.dataset
+        d, t = e.spec.dataset, e.spec.teacher
         why = []
-        if teacher is not None and e.spec.teacher.name != teacher:
-            why.append(f"teacher {e.spec.teacher.name}, not {teacher}")
+        if teacher is not None and t.name != teacher:
+            why.append(f"teacher {t.name}, not {teacher}")
+        elif weights_sha256 is not None and t.weights_sha256 != weights_sha256:
+            why.append(f"teacher weights {t.weights_sha256[:12]}, not {weights_sha256[:12]} (another checkpoint)")
         if d.split != split:
             why.append(f"split {d.split}, not {split}")
         if d.num_classes != num_classes or d.num_samples != num_samples:
@@ -117,12 +139,24 @@ def find_cache(*, dataset_name: str, split: str, num_samples: int, num_classes: 
             misses.append(f"{Path(e.location).name}: {'; '.join(why)}")
         else:
             matches.append(e)
+    wanted = f"{dataset_name} [{split}]" + (f" with teacher {teacher}" if teacher else "")
+    if weights_sha256 is not None:
+        wanted += f" of weights {weights_sha256[:12]}"
     if not matches:
-        wanted = f"{dataset_name} [{split}]" + (f" with teacher {teacher}" if teacher else "")
         detail = (" Near misses: " + " | ".join(misses) + ".") if misses else f" The cache home {home} holds no caches."
         raise CacheNotFound(
             f"no cache in {home} for {wanted}.{detail} Make one with `logitcache dump` (without --out it is filed "
             "there), or pass --cache"
         )
-    notes = [f"{len(matches) - 1} other matching cache(s) ignored (older)"] if len(matches) > 1 else []
+    teachers = {(e.spec.teacher.name, e.spec.teacher.weights_sha256) for e in matches}
+    if len(teachers) > 1:
+        listed = " | ".join(f"{Path(e.location).name}: {describe_teacher(e.spec.teacher, e.teacher_test_accuracy)}"
+                            for e in matches)
+        raise BadInput(
+            f"{len(matches)} caches in {home} match {wanted} but hold {len(teachers)} different teachers ({listed}): "
+            "say which with --teacher NAME --checkpoint PATH (the cache of those weights is used), or pass --cache"
+        )
+    # list_caches sorts newest first, stably over names: the same home always gives the same pick.
+    others = [Path(e.location).name for e in matches[1:]]
+    notes = [f"newest of {len(matches)} caches of this teacher (also matching: {', '.join(others)})"] if others else []
     return matches[0], notes

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .errors import BadInput
-from .models import create_model
+from .models import create_model, weights_sha256
 
 
 def build_teacher(
@@ -40,3 +40,11 @@ def build_teacher(
         torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, checkpoint=checkpoint)
     return model.to(device).eval()
+
+
+def teacher_weights_sha256(
+    name: str, num_classes: int, *, checkpoint: str | os.PathLike | None, random_init: bool = False, seed: int = 0
+) -> str:
+    """The ``weights_sha256`` a dump of this teacher records (``models.weights_sha256`` of the
+    loaded model), so that a checkpoint can be matched to the caches made from it."""
+    return weights_sha256(build_teacher(name, num_classes, checkpoint=checkpoint, random_init=random_init, seed=seed))
