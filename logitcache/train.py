@@ -14,6 +14,7 @@ and 87.5 % of training (epochs 150, 180, 210 of 240).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,16 +32,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _utils
-from .cache_home import find_cache
+from .cache_home import describe_cache, find_cache
 from .datasets import ImageDataset, open_dataset
 from .distributed import barrier, local_device, wrap_ddp
-from .errors import BadInput, CheckpointError
+from .errors import BadInput, CacheError, CacheMismatch, CheckpointError
 from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches
 from .methods import get_method, resolve_hparams
-from .models import create_model, load_checkpoint
+from .models import create_model, load_checkpoint, weights_sha256
+from .runs import holds_run_files, run_folder_lock
+from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
-from .teacher import build_teacher
+from .teacher import build_teacher, teacher_weights_sha256
 from .teacher_view import TeacherView
 from .views import ViewSpec, _hash, view_seeds
 
@@ -174,13 +177,22 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
           echo: Callable[[str], None] = lambda message: None) -> TrainResult:
     """Run stage two; see the module docstring. Writes into ``config.out``:
 
-    ``config.json`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``last.pt``
-    (model, optimizer, scheduler, RNG, epoch: for ``resume``), ``best.pt`` (weights of the
-    best test epoch, loadable as a checkpoint anywhere) and ``summary.json``.
+    ``config.json`` (resolved config, and the cache and teacher weights really used),
+    ``metrics.jsonl`` (one line per epoch), ``last.pt`` (model, optimizer, scheduler, RNG, epoch:
+    for ``resume``), ``best.pt`` (weights of the best test epoch, loadable as a checkpoint
+    anywhere) and ``summary.json``. Rank 0 holds the run folder's lock (``runs``) throughout.
 
     A method that needs a teacher, given neither ``cache`` nor ``teacher_online``, uses the
-    matching cache in the cache home (``cache_home.find_cache``) and says which via ``echo``.
+    matching cache in the cache home (``cache_home.find_cache``; with ``checkpoint``, the cache of
+    exactly those weights). Before training, ``echo`` says which cache and teacher weights are used.
     """
+    # However the run ends, it releases the cache's read lock and the run folder's lock.
+    with contextlib.ExitStack() as cleanup:
+        return _train(config, rank, world_size, echo, cleanup)
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str], None],
+           cleanup: contextlib.ExitStack) -> TrainResult:
     _validate(config)
     _utils.check_output_location(config.out, "--out")
     device = local_device(_utils.resolve_device(config.device))
@@ -188,36 +200,23 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
     test_set = open_dataset(config.dataset, "test", data_root=config.data_root)
 
-    cache = config.cache
-    if cache is None and method.needs_teacher and not config.teacher_online:
-        entry, notes = find_cache(dataset_name=train_set.name, split="train", num_samples=len(train_set),
-                                  num_classes=train_set.num_classes, fingerprint=train_set.fingerprint,
-                                  teacher=config.teacher)
-        cache = entry.location
-        echo(f"using cache {cache}: {entry.describe()}" + "".join(f"; {n}" for n in notes))
-        if config.views is not None:  # _validate could not know a cache would be found
-            raise BadInput(f"--views is taken from the cache found ({cache}): drop --views")
-    reader = CacheReader(cache) if cache else None
-    teacher_name = config.teacher or (reader.spec.teacher.name if reader else None)
-    if reader is not None:
-        _check_cache(reader, train_set, config)
-    teacher = None
-    if config.teacher_online:
-        if teacher_name is None:
-            raise BadInput("--teacher-online needs --teacher NAME (and --checkpoint)")
-        teacher = build_teacher(teacher_name, train_set.num_classes, checkpoint=config.checkpoint,
-                                random_init=config.random_init_teacher, seed=config.view_seed, device=device)
+    out = Path(config.out)
+    saved = _resumed_run(out) if config.resume else None
+    sources = _resolve_sources(config, method.needs_teacher, train_set, device, saved, cleanup)
+    if saved is not None:
+        _check_resumed_sources(saved, sources, out)
+    if sources.line:
+        echo(sources.line)
+    reader, teacher = sources.reader, sources.teacher
     hparams = resolve_hparams(
         config.method, overrides=parse_overrides(config.overrides), preset=config.preset,
-        logit_stand=config.logit_stand, teacher=teacher_name, student=config.student,
+        logit_stand=config.logit_stand, teacher=sources.teacher_name, student=config.student,
     )
     view_spec = ViewSpec.from_json(reader.spec.views.augmentation) if reader else train_set.train_view
     views = _Views(len(train_set), reader, config)
 
     out = Path(config.out)
     is_main = rank == 0
-    start_epoch, state = _prepare_out(out, config, is_main)
-    barrier()  # every rank has checked the run folder before rank 0 writes into it
     torch.manual_seed(config.seed)
     student = create_model(config.student, num_classes=train_set.num_classes).to(device)
     model = _wrap_distributed(student, device, world_size, config.sync_bn)
@@ -225,6 +224,11 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
                                                      gamma=config.lr_decay)
+    if is_main:  # taken once nothing but the run folder can refuse the run, so a refusal leaves no folder
+        _refuse_foreign_out(out, config)  # before the lock file would be put into another run's or the user's folder
+        cleanup.enter_context(run_folder_lock(out))
+    start_epoch, state = _prepare_out(out, config, is_main, saved)
+    barrier()  # every rank has checked the run folder before rank 0 writes into it
     best = {"acc": -1.0, "epoch": 0}
     # A resumed run reports the whole run: the killed process's accuracy, time and forwards carry over.
     last_acc, forwards_run, seconds_before = float("nan"), 0, 0.0
@@ -237,7 +241,7 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
         last_acc = state.get("last_acc", last_acc)
         forwards_run, seconds_before = state.get("forwards_run", 0), state.get("seconds", 0.0)
     if is_main:
-        _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, cache, reader, teacher_name, device))
+        _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, sources, device))
 
     wall = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -277,8 +281,6 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
     )
     if is_main:
         _utils.atomic_write_json(out / "summary.json", dataclasses.asdict(result))
-    if reader is not None:
-        reader.close()
     return result
 
 
@@ -301,22 +303,159 @@ def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConf
         )
 
 
+@dataclass(frozen=True)
+class _Sources:
+    """Where a run's views and teacher logits come from: what config.json records as used."""
+
+    cache: str | None
+    reader: CacheReader | None
+    teacher: nn.Module | None  # the online teacher
+    teacher_name: str | None  # presets are chosen by it
+    teacher_record: dict | None  # name, weights_sha256, logits ("cache" or "online"), checkpoint if online
+    line: str | None  # which cache and teacher weights are used, for the user
+
+
+def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageDataset, device: torch.device,
+                     saved: dict | None, cleanup: contextlib.ExitStack) -> _Sources:
+    """The cache and teacher a run uses. Weights named by --checkpoint / --random-init-teacher are
+    the weights used, or the run is refused: with a cache they must be its teacher's; without one
+    they choose the cache. A resumed run reads the cache its config.json recorded."""
+    weights_given = config.checkpoint is not None or config.random_init_teacher
+    if not needs_teacher:
+        unused = [name for name, given in (("--teacher-online", config.teacher_online),
+                                           ("--checkpoint", config.checkpoint is not None),
+                                           ("--random-init-teacher", config.random_init_teacher)) if given]
+        if unused:
+            raise BadInput(f"method {config.method} trains without a teacher: drop {', '.join(unused)} "
+                           "(it would be recorded but never used), or choose a KD method")
+    cache, notes, wanted = config.cache, [], None
+    recorded = cache is None and saved is not None and isinstance(saved.get("cache"), dict)
+    if recorded:
+        cache = saved["cache"].get("location")  # never another cache the home may hold by now
+    elif cache is None and needs_teacher and not config.teacher_online:
+        if weights_given:
+            if config.teacher is None:
+                raise BadInput("--checkpoint gives a teacher's weights but not its architecture: add --teacher NAME "
+                               "(the model the checkpoint is for), or pass --cache")
+            wanted = _weights_named(config, config.teacher, train_set.num_classes)
+        entry, notes = find_cache(dataset_name=train_set.name, split="train", num_samples=len(train_set),
+                                  num_classes=train_set.num_classes, fingerprint=train_set.fingerprint,
+                                  teacher=config.teacher, weights_sha256=wanted)
+        cache = entry.location
+        if config.views is not None:  # _validate could not know a cache would be found
+            raise BadInput(f"--views is taken from the cache found ({cache}): drop --views")
+    reader = None
+    if cache:
+        try:
+            reader = CacheReader(cache)
+        except CacheError as e:
+            if not recorded:
+                raise
+            raise type(e)(f"the run to resume trained from {cache}: {e}") from None
+        cleanup.callback(reader.close)
+        _check_cache(reader, train_set, config)
+    teacher_name = config.teacher or (reader.spec.teacher.name if reader else None)
+    if not needs_teacher:
+        line = f"views from cache {cache} (method {config.method} uses no teacher logits)" if reader else None
+        return _Sources(cache, reader, None, teacher_name, None, line)
+    if config.teacher_online:
+        if teacher_name is None:
+            raise BadInput("--teacher-online needs --teacher NAME (and --checkpoint)")
+        teacher = build_teacher(teacher_name, train_set.num_classes, checkpoint=config.checkpoint,
+                                random_init=config.random_init_teacher, seed=config.view_seed, device=device)
+        record = {"name": teacher_name, "weights_sha256": weights_sha256(teacher), "logits": "online",
+                  "checkpoint": config.checkpoint}
+        line = (f"teacher {teacher_name} online, weights {record['weights_sha256'][:12]} from "
+                + (config.checkpoint or f"seeded random init (seed {config.view_seed})")
+                + (f"; views from cache {cache}" if reader else ""))
+        return _Sources(cache, reader, teacher, teacher_name, record, line)
+    assert reader is not None  # a teacher method without an online teacher always has a cache by now
+    stored = reader.spec.teacher
+    if weights_given:
+        given = wanted or _weights_named(config, stored.name, stored.num_classes)
+        if given != stored.weights_sha256:
+            raise CacheMismatch(
+                f"{_weights_option(config)} holds teacher weights {given[:12]}, but {cache} holds the logits of "
+                f"weights {stored.weights_sha256[:12]}: pass the checkpoint that cache was dumped with, drop "
+                "--checkpoint, or add --teacher-online to run those weights live"
+            )
+    record = {"name": stored.name, "weights_sha256": stored.weights_sha256, "logits": "cache"}
+    line = (f"using cache {cache}: {describe_cache(reader.spec, reader.store.provenance.teacher_test_accuracy)}"
+            + "".join(f"; {n}" for n in notes))
+    return _Sources(cache, reader, None, teacher_name, record, line)
+
+
+def _weights_named(config: TrainConfig, teacher: str, num_classes: int) -> str:
+    """The weights hash of the teacher the options name (as a dump of it records it)."""
+    return teacher_weights_sha256(teacher, num_classes, checkpoint=config.checkpoint,
+                                  random_init=config.random_init_teacher, seed=config.view_seed)
+
+
+def _weights_option(config: TrainConfig) -> str:
+    return (f"--checkpoint {config.checkpoint}" if config.checkpoint is not None
+            else f"--random-init-teacher (seed {config.view_seed})")
+
+
+def _check_resumed_sources(saved: dict, sources: _Sources, out: Path) -> None:
+    """A resumed run goes on with exactly the logits it started with: the cache its config.json
+    records (location and spec) and the same teacher weights."""
+    was = saved.get("cache") if isinstance(saved.get("cache"), dict) else None
+    was_location = was.get("location") if was else None
+    now_location = sources.cache if sources.reader else None
+    if was_location != now_location:
+        raise BadInput(f"cannot resume the run in {out}: it trained from {was_location or 'no cache'}, "
+                       f"not {now_location or 'no cache'}: use the same options, or start a new run with another --out")
+    if was is not None and sources.reader is not None:
+        diffs = CacheSpec.from_json(was["spec"]).differences(sources.reader.spec)
+        if diffs:
+            raise CacheMismatch(
+                f"cannot resume the run in {out}: {now_location} now holds other logits than the run started with "
+                f"({'; '.join(diffs)}), e.g. after `dump --overwrite`: restore that cache, or start a new run "
+                "with another --out"
+            )
+    was_teacher, now_teacher = saved.get("teacher"), sources.teacher_record
+    if isinstance(was_teacher, dict) and now_teacher is not None \
+            and was_teacher.get("weights_sha256") != now_teacher["weights_sha256"]:
+        raise CacheMismatch(
+            f"cannot resume the run in {out}: its teacher had weights {str(was_teacher.get('weights_sha256'))[:12]}, "
+            f"{_weights_option_record(now_teacher)} holds {now_teacher['weights_sha256'][:12]}: restore the "
+            "teacher's checkpoint, or start a new run with another --out"
+        )
+
+
+def _weights_option_record(teacher: dict) -> str:
+    return f"--checkpoint {teacher['checkpoint']}" if teacher.get("checkpoint") else "the teacher given now"
+
+
+def _saved_run(run: Path) -> dict | None:
+    """A run folder's config.json, or None where there is no readable one."""
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and isinstance(saved.get("config"), dict) else None
+
+
 def _saved_config(run: Path) -> dict | None:
     """The options a run folder's config.json records, or None where there is no readable one."""
-    try:
-        saved = json.loads((run / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return saved if isinstance(saved, dict) else None
+    saved = _saved_run(run)
+    return None if saved is None else saved["config"]
 
 
-def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, dict | None]:
-    """(first epoch to run, saved state) — refusing to overwrite another run."""
+def _resumed_run(out: Path) -> dict:
+    """The config.json of the run ``--resume`` continues; refused before anything is opened or written."""
+    saved = _saved_run(out)
+    if saved is None:
+        raise BadInput(f"nothing to resume in {out}: no readable config.json of a run (drop --resume to start the run)")
+    return saved
+
+
+def _prepare_out(out: Path, config: TrainConfig, is_main: bool, resumed: dict | None) -> tuple[int, dict | None]:
+    """(first epoch to run, saved state) — refusing to overwrite another run. ``resumed``: the
+    config.json of the run ``--resume`` continues."""
     last = out / "last.pt"
-    if config.resume:
-        saved = _saved_config(out)
-        if saved is None:
-            raise BadInput(f"nothing to resume in {out}: no readable config.json of a run (drop --resume to start the run)")
+    if resumed is not None:
+        saved = resumed["config"]
         # A setting the run's config.json predates had its default then.
         defaults = TrainConfig(student="", dataset="", out="").to_json()
         diffs = [f"{_option_name(k)} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in config.to_json().items()
@@ -334,11 +473,16 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool) -> tuple[int, di
         if is_main:
             _truncate_metrics(out / "metrics.jsonl", state["epoch"])
         return state["epoch"] + 1, state
-    if out.is_file():
-        raise BadInput(f"--out {out} is a file: choose a folder for the run")
-    if out.exists() and any(out.iterdir()):
-        raise BadInput(f"{out} already holds files: pass --resume to continue that run, or choose another --out")
+    _refuse_foreign_out(out, config)  # again under the lock: another run may have begun since
     return 1, None
+
+
+def _refuse_foreign_out(out: Path, config: TrainConfig) -> None:
+    """A new run goes into an empty or new folder only."""
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file: choose a folder for the run")
+    if not config.resume and holds_run_files(out):
+        raise BadInput(f"{out} already holds files: pass --resume to continue that run, or choose another --out")
 
 
 def _load_state(last: Path) -> dict:
@@ -361,15 +505,15 @@ def _option_name(field_name: str) -> str:
     return "--set" if field_name == "overrides" else "--" + field_name.replace("_", "-")
 
 
-def _config_record(config: TrainConfig, hparams: dict, cache: str | None, reader: CacheReader | None,
-                   teacher: str | None, device: torch.device) -> dict:
+def _config_record(config: TrainConfig, hparams: dict, sources: _Sources, device: torch.device) -> dict:
+    reader = sources.reader
     return {
         "config": config.to_json(),
         "hparams": hparams,
         "lr": config.resolved_lr(),
         "milestones": list(config.resolved_milestones()),
-        "teacher": teacher,
-        "cache": None if reader is None else {"location": cache, "spec": reader.spec.to_json()},
+        "teacher": sources.teacher_record,
+        "cache": None if reader is None else {"location": sources.cache, "spec": reader.spec.to_json()},
         "device": str(device),
         "versions": {"logitcache": _utils.tool_version(), "torch": torch.__version__},
     }

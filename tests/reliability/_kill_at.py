@@ -14,6 +14,7 @@ process leaves (a power cut is another matter: see docs/guarantees.md). Points:
 ``meta``         half-way through writing the group's zarr.json that marks the store complete
 ``delete:N``     while ``--overwrite`` deletes an old store, after N of its entries are gone
 ``step:N``       before the N-th optimizer step of ``train``
+``hold:N:FILE``  before the N-th optimizer step of ``train``, wait until FILE exists, then go on
 ``save:NAME:N``  half-way through the N-th ``torch.save`` whose target is NAME (``last.pt``, ``best.pt``)
 ``pause:N:FILE`` before the N-th marker write, wait until FILE exists, then go on (nothing killed)
 """
@@ -133,12 +134,16 @@ def _install(point: str) -> None:
                 shutil.rmtree, Path.unlink = rmtree, unlink
 
         ZarrStore.delete = staticmethod(deleting)
-    elif kind == "step":
+    elif kind in ("step", "hold"):
         counter, step = _Counter(int(args[0])), torch.optim.SGD.step
+        release = Path(args[1]) if kind == "hold" else None
 
         def stepping(self, *a, **k):
             if counter.hit():
-                _die()
+                if release is None:
+                    _die()
+                while not release.exists():
+                    time.sleep(0.01)
             return step(self, *a, **k)
 
         torch.optim.SGD.step = stepping

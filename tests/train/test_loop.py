@@ -113,8 +113,8 @@ def test_replay_does_not_depend_on_batch_size(make_cache, train_run, reader_spy)
 # --------------------------------------------------------------------------- run folder
 def test_run_folder_records_metrics_summary_and_config(synthetic_cache, train_run):
     result, out = train_run(method="dkd", cache=synthetic_cache, epochs=2, overrides=("beta=2",))
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock-run", "best.pt", "config.json", "last.pt",
+                                                     "metrics.jsonl", "summary.json"]
     metrics = read_metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
@@ -137,7 +137,9 @@ def test_run_folder_records_metrics_summary_and_config(synthetic_cache, train_ru
     assert config["hparams"] == {**get_method("dkd").defaults(), "beta": 2.0} == summary["hparams"]
     assert config["cache"]["location"] == str(synthetic_cache)
     assert config["cache"]["spec"]["teacher"]["name"] == "resnet8"
-    assert config["teacher"] == "resnet8" and config["lr"] == 0.05 and config["device"] == "cpu"
+    teacher = CacheReader(synthetic_cache).spec.teacher
+    assert config["teacher"] == {"name": "resnet8", "weights_sha256": teacher.weights_sha256, "logits": "cache"}
+    assert config["lr"] == 0.05 and config["device"] == "cpu"
     assert config["versions"]["torch"] == torch.__version__
 
 

@@ -256,7 +256,7 @@ def test_preset_auto_picks_the_pair_preset_of_the_caches_teacher(make_cache, tmp
                     "--out", out])
     assert done.code == 0, done.err
     saved = _config(out)
-    assert saved["teacher"] == teacher
+    assert saved["teacher"]["name"] == teacher and saved["teacher"]["logits"] == "cache"
     assert saved["hparams"] == {**get_method("dkd").defaults(), **expected}
     if preset == "auto":
         assert saved["hparams"] == resolve_hparams("dkd", preset=f"{teacher}-{student}")
