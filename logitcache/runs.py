@@ -17,7 +17,7 @@ from .errors import BadInput
 from .store.zarr_store import flock
 
 _LOCK_NAME = "-run"
-LOCK_FILE = f".lock{_LOCK_NAME}"  # what flock names the file
+RUN_LOCK_FILE = f".lock{_LOCK_NAME}"  # what flock names the file
 
 
 @contextlib.contextmanager
@@ -32,7 +32,7 @@ def run_folder_lock(out: Path) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BadInput(f"cannot create the run folder {out} ({e.strerror}): choose another --out") from None
-    busy = (f"another `logitcache train` is running in {out} (it holds {out / LOCK_FILE}): wait for it to "
+    busy = (f"another `logitcache train` is running in {out} (it holds {out / RUN_LOCK_FILE}): wait for it to "
             "finish or stop it, or choose another --out")
     with flock(out, _LOCK_NAME, busy=busy):
         yield
@@ -40,4 +40,4 @@ def run_folder_lock(out: Path) -> Iterator[None]:
 
 def holds_run_files(out: Path) -> bool:
     """Whether a folder holds anything but the run lock (which every run leaves, and which is no run)."""
-    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+    return out.is_dir() and any(p.name != RUN_LOCK_FILE for p in out.iterdir())

@@ -40,7 +40,7 @@ from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches
 from .methods import get_method, resolve_hparams
 from .models import create_model, load_checkpoint, weights_sha256
-from .runs import holds_run_files, run_folder_lock
+from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
 from .teacher import build_teacher, teacher_weights_sha256
@@ -225,8 +225,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
                                                      gamma=config.lr_decay)
     if is_main:  # taken once nothing but the run folder can refuse the run, so a refusal leaves no folder
-        _refuse_foreign_out(out, config)  # before the lock file would be put into another run's or the user's folder
-        cleanup.enter_context(run_folder_lock(out))
+        if not (out / RUN_LOCK_FILE).exists():  # never put a lock file into a folder that is no run's
+            _refuse_foreign_out(out, config)
+        cleanup.enter_context(run_folder_lock(out))  # a run going on in there is refused first
     start_epoch, state = _prepare_out(out, config, is_main, saved)
     barrier()  # every rank has checked the run folder before rank 0 writes into it
     best = {"acc": -1.0, "epoch": 0}

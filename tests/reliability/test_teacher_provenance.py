@@ -22,7 +22,6 @@ import torch
 from logitcache.cache_home import list_caches
 from logitcache.dump import DumpConfig, dump
 from logitcache.models import create_model
-from logitcache.store.reader import CacheReader
 from logitcache.teacher import teacher_weights_sha256
 
 TRAIN = ["train", "--method", "kd", "--student", "resnet8", "--dataset", "digits", "--batch-size", "256",

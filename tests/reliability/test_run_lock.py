@@ -1,0 +1,63 @@
+"""One run per run folder: a second ``train`` with the same ``--out`` is refused while the first runs.
+
+The first run is the real CLI in a subprocess, held before an optimizer step of its second epoch
+(``_kill_at.py hold:N:FILE``), so it is certainly running and has written its first epoch. Then a
+new run and a ``--resume`` into its folder are refused in one line and change nothing; the first
+run is SIGKILLed, and ``--resume`` goes on at once: the kernel dropped its lock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+SYNTHETIC = "synthetic:n=64,size=8"
+STEPS = 4  # 64 samples in batches of 16
+
+
+@pytest.fixture(scope="module")
+def cache(make_cache):
+    return make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)
+
+
+def _args(cache, out) -> list:
+    return ["train", "--student", "resnet8", "--dataset", SYNTHETIC, "--cache", cache, "--out", out, "--epochs", "2",
+            "--batch-size", "16", "--device", "cpu", "--workers", "0", "--quiet"]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def _wait_for(path: Path, proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the first run ended early: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_second_run_into_a_running_runs_folder_is_refused(cache, tmp_path, start_at, run_cli):
+    out = tmp_path / "run"
+    first = start_at(f"hold:{STEPS + 1}:{tmp_path / 'never'}", _args(cache, out))
+    try:
+        _wait_for(out / "last.pt", first)  # epoch 1 is written, epoch 2 is under way
+        before = _files(out)
+        for extra in ([], ["--resume"]):
+            refused = run_cli([*_args(cache, out), *extra])
+            lines = refused.err.strip().splitlines()
+            assert refused.code == 2 and len(lines) == 1, refused
+            assert lines[0].startswith(f"error: another `logitcache train` is running in {out}"), lines
+            assert "choose another --out" in lines[0]
+        assert _files(out) == before
+    finally:
+        first.kill()  # SIGKILL: nothing of it runs again, its lock goes with it
+        first.communicate()
+
+    resumed = run_cli([*_args(cache, out), "--resume"])
+    assert resumed.code == 0, resumed.err
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
