@@ -3,16 +3,23 @@
 The first run is the real CLI in a subprocess, held before an optimizer step of its second epoch
 (``_kill_at.py hold:N:FILE``), so it is certainly running and has written its first epoch. Then a
 new run and a ``--resume`` into its folder are refused in one line and change nothing; the first
-run is SIGKILLed, and ``--resume`` goes on at once: the kernel dropped its lock.
+run is SIGKILLed, and ``--resume`` goes on at once: the kernel dropped its lock. A library
+``train()`` call that raises releases the run folder and the cache's read lock as it returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
+
+from logitcache.errors import BadInput
+from logitcache.train import TrainConfig, train
 
 SYNTHETIC = "synthetic:n=64,size=8"
 STEPS = 4  # 64 samples in batches of 16
@@ -46,7 +53,7 @@ def test_a_second_run_into_a_running_runs_folder_is_refused(cache, tmp_path, sta
     try:
         _wait_for(out / "last.pt", first)  # epoch 1 is written, epoch 2 is under way
         before = _files(out)
-        for extra in ([], ["--resume"]):
+        for extra in (["--resume"], []):
             refused = run_cli([*_args(cache, out), *extra])
             lines = refused.err.strip().splitlines()
             assert refused.code == 2 and len(lines) == 1, refused
@@ -61,3 +68,19 @@ def test_a_second_run_into_a_running_runs_folder_is_refused(cache, tmp_path, sta
     assert resumed.code == 0, resumed.err
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+def test_a_train_call_that_raised_holds_no_lock(cache, tmp_path):
+    config = TrainConfig(student="resnet8", dataset=SYNTHETIC, cache=str(cache), out=str(tmp_path / "run"), epochs=1,
+                         batch_size=16, lr=1e30, device="cpu", workers=0, progress=False)
+    with pytest.raises(BadInput, match="loss became") as failed:
+        train(config)
+    # The exception (and with it the failed call's frames) is still alive here: nothing it opened may be.
+    fd = os.open(cache / ".lock-read", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what `dump --overwrite` needs: no reader left
+    finally:
+        os.close(fd)
+    with pytest.raises(BadInput, match="loss became"):  # the run folder's lock is free: --resume gets as far
+        train(dataclasses.replace(config, resume=True))
+    assert failed.value is not None
