@@ -35,7 +35,13 @@ from . import _utils
 from .cache_home import describe_cache, find_cache
 from .datasets import ImageDataset, open_dataset
 from .distributed import barrier, local_device, wrap_ddp
-from .errors import BadInput, CacheError, CacheMismatch, CheckpointError
+from .errors import (
+    BadInput,
+    CacheError,
+    CacheMismatch,
+    CheckpointError,
+    LogitcacheError,
+)
 from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches
 from .methods import get_method, resolve_hparams
@@ -204,7 +210,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     saved = _resumed_run(out) if config.resume else None
     sources = _resolve_sources(config, method.needs_teacher, train_set, device, saved, cleanup)
     if saved is not None:
-        _check_resumed_sources(saved, sources, out)
+        _check_resumed_sources(saved, sources, config)
     if sources.line:
         echo(sources.line)
     reader, teacher = sources.reader, sources.teacher
@@ -215,7 +221,6 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     view_spec = ViewSpec.from_json(reader.spec.views.augmentation) if reader else train_set.train_view
     views = _Views(len(train_set), reader, config)
 
-    out = Path(config.out)
     is_main = rank == 0
     torch.manual_seed(config.seed)
     student = create_model(config.student, num_classes=train_set.num_classes).to(device)
@@ -330,9 +335,9 @@ def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageD
             raise BadInput(f"method {config.method} trains without a teacher: drop {', '.join(unused)} "
                            "(it would be recorded but never used), or choose a KD method")
     cache, notes, wanted = config.cache, [], None
-    recorded = cache is None and saved is not None and isinstance(saved.get("cache"), dict)
+    recorded = cache is None and saved is not None and isinstance((saved.get("cache") or {}).get("location"), str)
     if recorded:
-        cache = saved["cache"].get("location")  # never another cache the home may hold by now
+        cache = saved["cache"]["location"]  # never another cache the home may hold by now
     elif cache is None and needs_teacher and not config.teacher_online:
         if weights_given:
             if config.teacher is None:
@@ -397,9 +402,10 @@ def _weights_option(config: TrainConfig) -> str:
             else f"--random-init-teacher (seed {config.view_seed})")
 
 
-def _check_resumed_sources(saved: dict, sources: _Sources, out: Path) -> None:
+def _check_resumed_sources(saved: dict, sources: _Sources, config: TrainConfig) -> None:
     """A resumed run goes on with exactly the logits it started with: the cache its config.json
     records (location and spec) and the same teacher weights."""
+    out = config.out
     was = saved.get("cache") if isinstance(saved.get("cache"), dict) else None
     was_location = was.get("location") if was else None
     now_location = sources.cache if sources.reader else None
@@ -407,7 +413,10 @@ def _check_resumed_sources(saved: dict, sources: _Sources, out: Path) -> None:
         raise BadInput(f"cannot resume the run in {out}: it trained from {was_location or 'no cache'}, "
                        f"not {now_location or 'no cache'}: use the same options, or start a new run with another --out")
     if was is not None and sources.reader is not None:
-        diffs = CacheSpec.from_json(was["spec"]).differences(sources.reader.spec)
+        try:
+            diffs = CacheSpec.from_json(was["spec"]).differences(sources.reader.spec)
+        except (LogitcacheError, KeyError, TypeError, ValueError):  # a config.json edited by hand
+            diffs = ["the spec config.json records is unreadable"]
         if diffs:
             raise CacheMismatch(
                 f"cannot resume the run in {out}: {now_location} now holds other logits than the run started with "
@@ -419,13 +428,9 @@ def _check_resumed_sources(saved: dict, sources: _Sources, out: Path) -> None:
             and was_teacher.get("weights_sha256") != now_teacher["weights_sha256"]:
         raise CacheMismatch(
             f"cannot resume the run in {out}: its teacher had weights {str(was_teacher.get('weights_sha256'))[:12]}, "
-            f"{_weights_option_record(now_teacher)} holds {now_teacher['weights_sha256'][:12]}: restore the "
+            f"{_weights_option(config)} holds {now_teacher['weights_sha256'][:12]}: restore the "
             "teacher's checkpoint, or start a new run with another --out"
         )
-
-
-def _weights_option_record(teacher: dict) -> str:
-    return f"--checkpoint {teacher['checkpoint']}" if teacher.get("checkpoint") else "the teacher given now"
 
 
 def _saved_run(run: Path) -> dict | None:
