@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import BadInput
+from .errors import OutputError
 from .store.zarr_store import flock
 
 _LOCK_NAME = "-run"
@@ -26,12 +26,12 @@ def run_folder_lock(out: Path) -> Iterator[None]:
 
     Raises:
         CacheBusy: another process holds it: a run is going on in that folder.
-        BadInput: the folder cannot be made there (a file in its place, no permission).
+        OutputError: the folder cannot be made there (a file in its place, no permission).
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise BadInput(f"cannot create the run folder {out} ({e.strerror}): choose another --out") from None
+        raise OutputError(f"cannot create the run folder {out} ({e.strerror}): choose another --out") from None
     busy = (f"another `logitcache train` is running in {out} (it holds {out / RUN_LOCK_FILE}): wait for it to "
             "finish or stop it, or choose another --out")
     with flock(out, _LOCK_NAME, busy=busy):
