@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from logitcache._utils import plural
 from logitcache.verify import verify
 
 from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, RandomInitOpt
@@ -27,8 +28,12 @@ def verify_command(
     Exits 1 and lists what is wrong on any mismatch."""
     report = verify(cache, samples=samples, checkpoint=checkpoint, random_init=random_init, data_root=data_root,
                     device=device, seed=seed, repair=repair)
-    typer.echo(f"checked {report.chunks_checked} chunks and replayed {report.pairs_checked} (view, sample) pairs "
-               f"(max |stored - replayed| {report.max_abs_error:.3g})")
+    chunks = plural(report.chunks_checked, "chunk")
+    if report.replay_skipped is None:
+        typer.echo(f"checked {chunks} and replayed {plural(report.pairs_checked, '(view, sample) pair')} "
+                   f"(max |stored - replayed| {report.max_abs_error:.3g})")
+    else:
+        typer.echo(f"checked {chunks}; replay skipped ({report.replay_skipped})")
     if report.ok:
         typer.secho("OK", fg=typer.colors.GREEN)
         return

@@ -1,4 +1,4 @@
-"""Small helpers shared by the stage loops: devices, atomic files, timestamps, versions."""
+"""Small helpers shared by the stage loops: devices, atomic files, timestamps, versions, messages."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"device {device} asked for but no CUDA GPU is visible: use --device cpu (or auto)")
     return dev
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 view``, ``2 views``, ``1,438 samples``: a count with its noun in the right number."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def now() -> str:

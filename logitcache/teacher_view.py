@@ -13,7 +13,10 @@ logit vector therefore gives, at T = 1, the exact probabilities of the stored cl
 the true class, the exact top-1 class and the exact total mass of the rest. At T ≠ 1 the
 stored classes keep their exact ratios to one another, while the rest is approximated (the
 benchmarks in ``bench/`` measure what that costs). Every method consumes ``logits``, so every
-method works from either encoding.
+method works from either encoding — but for a top-k view ``logits`` is this rebuild, not the
+teacher's logits: only the stored classes and the true class carry the teacher's values (up to a
+shift for ``q8``, whose top-1 logit decodes as 0), and every other class holds the shared rest
+logit ``r``. Read ``exact`` to tell the two apart.
 """
 
 from __future__ import annotations
@@ -74,13 +77,22 @@ class TeacherView:
         """True when every logit is known (full encoding or a live teacher)."""
         return self.full_logits is not None
 
+    @cached_property
+    def finite(self) -> Tensor:
+        """(B,) whether every stored number of each row is finite (a readable store holds no NaN/inf)."""
+        if self.full_logits is not None:
+            return torch.isfinite(self.full_logits).all(dim=1)
+        return torch.isfinite(self.topk_values).all(dim=1) & torch.isfinite(self.lse) & torch.isfinite(self.target_logit)
+
     @property
     def batch_size(self) -> int:
         return int(self.target.shape[0])
 
     @cached_property
     def logits(self) -> Tensor:
-        """(B, C) fp32 logits: the teacher's own, or the top-k rebuild described above."""
+        """(B, C) fp32 logits: the teacher's own (``exact``), or for a top-k view the rebuild
+        described above: the stored classes' and the true class's logits, every other class the
+        shared rest logit."""
         if self.full_logits is not None:
             return self.full_logits
         return _rebuild(self)

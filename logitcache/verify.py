@@ -4,9 +4,13 @@ Three checks. (1) Integrity: every chunk of every array is present and decodes a
 checksum. (2) Provenance: the given teacher weights hash to the cache's ``weights_sha256`` and
 the dataset split has the cache's fingerprint; every stored seed equals the seed derived from
 (dump seed, view, sample). (3) Replay: for random (view, sample) pairs the stored seed is
-replayed, the teacher recomputes the logits, these are encoded and decoded exactly as the dump
-did, and the result must equal the stored one within the encoding's tolerance (one rounding
-step of its dtype plus float noise from a different batch composition).
+replayed, the teacher recomputes fp32 logits, and the stored values must equal them within the
+precision they were stored in: half a step of the dtype (for fp16/bf16 relative to each value's
+gap from the row's top logit, which is what they store) plus float noise from a different batch
+composition or device. The fresh logits are compared as they are, not re-encoded: an encoding
+that lost what matters (say, absolute fp16 values of logits with a common offset of 60,000)
+would otherwise agree with itself. Stored NaN/inf values are failures wherever they are found:
+every stored pair is checked for them, not only the replayed ones.
 """
 
 from __future__ import annotations
@@ -17,19 +21,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from torch import Tensor
+
 from . import _utils
+from ._utils import plural
 from .datasets import open_dataset
 from .errors import CacheMismatch
 from .loader import ViewBatch, augmented_batches
 from .models import weights_sha256
-from .store.encodings import get_encoding
+from .store.encodings import Encoding, get_encoding
+from .store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
+from .store.format import EncodingInfo
 from .store.zarr_store import DONE, ZarrStore, flock
 from .teacher import build_teacher
+from .teacher_view import TeacherView
 from .views import ViewSpec, view_seeds
 
-# Relative tolerance per stored dtype (one rounding step) and an absolute floor for float noise.
-_RTOL = {"fp32": 1e-5, "fp16": 2.0**-10, "bf16": 2.0**-7, "q8": 0.0}
-_ATOL = {"fp32": 1e-4, "fp16": 1e-3, "bf16": 1e-2, "q8": 1 / 16 + 1e-3}
+# Rounding of a stored fp16/bf16 gap from the row's top logit: half an ulp, relative to the gap
+# (round to nearest; fp32 values are stored as they are).
+_GAP_HALF_ULP = {"fp32": 0.0, "fp16": 2.0**-11, "bf16": 2.0**-8}
+# Float noise of a replay in another batch or on another device: absolute, and relative to the
+# logits a value depends on (itself and, for gaps, the row's top).
+_NOISE_ATOL, _NOISE_RTOL = 1e-4, 1e-5
+_SCAN_ROWS = 65536  # rows per read of the NaN/inf scan
 
 
 @dataclass
@@ -37,8 +51,9 @@ class VerifyReport:
     location: str
     chunks_checked: int = 0
     pairs_checked: int = 0
-    max_abs_error: float = 0.0
+    max_abs_error: float = 0.0  # largest |stored - replayed| over the values compared
     problems: list[str] = field(default_factory=list)
+    replay_skipped: str | None = None  # why no pair was replayed, when none was
 
     @property
     def ok(self) -> bool:
@@ -70,13 +85,16 @@ def verify(
     report.chunks_checked = sum(len(store.storage_keys(n)) for n in names)
     report.problems += [str(p) for p in problems]
     state = store.progress()
-    if not (state == DONE).all():
-        report.problems.append(f"{int((state != DONE).sum())} blocks never finished writing: re-run the dump command")
-    if repair and problems:
+    unfinished = int((state != DONE).sum())
+    if unfinished:
+        report.problems.append(f"{plural(unfinished, 'block')} never finished writing: re-run the dump command")
+    nonfinite = set() if problems else _nonfinite_blocks(store, report)
+    if repair and (problems or nonfinite):
         with flock(location):  # never under a running dump, whose markers and metadata it would contradict
-            _repair(store, problems)
+            _repair(store, problems, nonfinite)
         report.problems.append("repair: marked the damaged blocks for rewriting; now re-run the dump command")
-    if samples <= 0 or problems or not (state == DONE).all():
+    if samples <= 0 or report.problems:
+        report.replay_skipped = "--samples 0" if samples <= 0 else "the problems above come first"
         return report
 
     dev = _utils.resolve_device(device)
@@ -112,7 +130,6 @@ def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarr
     view_spec = ViewSpec.from_json(spec.views.augmentation)
     fields = [f.name for f in encoding.fields()]
     labels = torch.from_numpy(dataset.labels)
-    rtol, atol = _RTOL[spec.encoding.dtype], _ATOL[spec.encoding.dtype]
     batches = [
         ViewBatch(
             samples=idx[s : s + batch_size],
@@ -126,11 +143,13 @@ def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarr
         v = views[offset : offset + len(batch)]
         offset += len(batch)
         with torch.inference_mode():
-            fresh_logits = teacher(images).float().cpu()
+            fresh = teacher(images).float().cpu()
         y = labels[batch.samples]
-        fresh = encoding.decode(encoding.encode(fresh_logits, y), y)
         cached = encoding.decode(_stored_rows(store, fields, v, batch.samples), y)
-        _compare(fresh, cached, fresh_logits, v, batch.samples, rtol, atol, spec.encoding.kind == "topk", report)
+        reasons, err = _compare(cached, fresh, y, spec.encoding)
+        report.max_abs_error = max([report.max_abs_error, *(e for e in err.tolist() if np.isfinite(e))])
+        failed = [j for j, r in enumerate(reasons) if r]
+        report.problems += [f"view {int(v[j])} sample {int(batch.samples[j])}: {reasons[j]}" for j in failed[:10]]
         report.pairs_checked += len(batch)
 
 
@@ -147,29 +166,92 @@ def _stored_rows(store: ZarrStore, fields: list[str], views: np.ndarray, samples
     return rows
 
 
-def _compare(fresh, cached, fresh_logits, views, samples, rtol, atol, topk, report) -> None:
-    err = (fresh.logits - cached.logits).abs()
-    tol = atol + rtol * fresh.logits.abs()
-    bad = (err > tol).any(dim=1)
-    if topk:
-        same_classes = (fresh.topk_indices.sort(dim=1).values == cached.topk_indices.sort(dim=1).values).all(dim=1)
-        # A different class set is only fine when it is a near-tie at the k-th place.
-        kth = fresh_logits.gather(1, fresh.topk_indices[:, -1:])
-        ours = fresh_logits.gather(1, cached.topk_indices)
-        tie = ((kth - ours) <= atol + rtol * kth.abs()).all(dim=1)
-        bad = torch.where(same_classes, bad, ~tie)
-    report.max_abs_error = max(report.max_abs_error, float(err.max()) if err.numel() else 0.0)
-    for j in bad.nonzero()[:, 0].tolist()[:10]:
-        report.problems.append(
-            f"view {int(views[j])} sample {int(samples[j])}: stored logits differ from the replayed teacher "
-            f"(max |diff| {float(err[j].max()):.3g})"
-        )
+def _noise(*values: Tensor) -> Tensor:
+    return _NOISE_ATOL + _NOISE_RTOL * sum(v.abs() for v in values)
 
 
-def _repair(store: ZarrStore, problems) -> None:
+def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingInfo) -> tuple[list[str], Tensor]:
+    """For each row, why its stored values are not the fresh fp32 logits ('' when they are), and
+    its largest |stored - fresh|.
+
+    Compared where the store holds the teacher's values: every class (full); the stored classes,
+    ``lse`` and the true-class logit (top-k). ``q8`` is compared with the fresh gaps from the top
+    logit, clipped where q8 clips them. NaN on either side is a failure (no comparison holds).
+    """
+    top = fresh.max(dim=1, keepdim=True).values
+    q8 = info.dtype == "q8"
+    idx = cached.topk_indices if info.kind == "topk" else None
+    z = fresh if idx is None else fresh.gather(1, idx)
+    stored = cached.logits if idx is None else cached.topk_values
+    gap = top - z
+    if q8:
+        checks = [(stored, -gap.clamp(max=255 * GAP_STEP), _noise(z, top) + GAP_STEP / 2)]
+    else:
+        checks = [(stored, z, _noise(z, top) + _GAP_HALF_ULP[info.dtype] * gap)]
+    classes_ok = torch.ones(len(fresh), dtype=torch.bool)
+    if idx is not None:
+        lse = torch.logsumexp(fresh, dim=1, keepdim=True)
+        target = fresh.gather(1, labels[:, None])
+        stored_lse, stored_target = cached.lse[:, None], cached.target_logit[:, None]
+        if q8:
+            in_topk = (idx == labels[:, None]).any(dim=1, keepdim=True)  # then its target is a gap checked above
+            target_gap = (top - target).clamp(max=(TARGET_IN_TOPK - 1) * TARGET_STEP)
+            checks += [(stored_lse, (lse - top).clamp(max=65535 * LSE_STEP), _noise(lse, top) + LSE_STEP / 2),
+                       (stored_target, torch.where(in_topk, stored_target, -target_gap),
+                        _noise(target, top) + TARGET_STEP / 2)]
+        else:
+            checks += [(stored_lse, lse, _noise(lse)), (stored_target, target, _noise(target))]
+        # The stored classes must be k distinct classes of the fresh top-k, up to near-ties at the k-th place.
+        kth = torch.topk(fresh, idx.shape[1], dim=1).values[:, -1:]
+        distinct = (idx.sort(dim=1).values.diff(dim=1) != 0).all(dim=1)
+        classes_ok = (z >= kth - _noise(kth, top)).all(dim=1) & distinct
+    errors = [(a - b).abs() for a, b, _ in checks]
+    within = torch.stack([(e <= tol).all(dim=1) for e, (_, _, tol) in zip(errors, checks)]).all(dim=0)
+    err = torch.cat(errors, dim=1).max(dim=1).values
+    fresh_finite = torch.isfinite(fresh).all(dim=1)
+    reasons = [
+        "" if ok and cls else
+        "stored logits are NaN/inf" if not fin_s else
+        "the replayed teacher gives NaN/inf logits" if not fin_f else
+        "stored classes are not the replayed teacher's top-k" if not cls else
+        f"stored logits differ from the replayed teacher (max |diff| {e:.3g})"
+        for ok, cls, fin_s, fin_f, e in zip(within.tolist(), classes_ok.tolist(), cached.finite.tolist(),
+                                             fresh_finite.tolist(), err.tolist())
+    ]
+    return reasons, err
+
+
+def _nonfinite_blocks(store: ZarrStore, report: VerifyReport) -> set[tuple[int, int]]:
+    """(view, block) of every stored pair holding NaN/inf, each view reported once.
+
+    A dump refuses a teacher's NaN/inf, so one in a store is damage that no checksum caught
+    (``--no-checksum`` stores); every pair is read, not only the replayed ones.
+    """
+    spec = store.spec
+    n = spec.dataset.num_samples
+    encoding: Encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
+    blocks: set[tuple[int, int]] = set()
+    for v in range(spec.views.total):
+        bad: list[np.ndarray] = []
+        for start in range(0, n, _SCAN_ROWS):
+            rows = slice(start, min(start + _SCAN_ROWS, n))
+            arrays = {f.name: store.read(f.name, v, rows=rows) for f in encoding.fields()}
+            tv = encoding.decode(arrays, torch.zeros(rows.stop - start, dtype=torch.long))
+            bad.append(start + (~tv.finite).nonzero()[:, 0].numpy())
+        where = np.concatenate(bad)
+        if len(where):
+            report.problems.append(f"view {v}: {plural(len(where), 'sample')} hold NaN/inf logits, "
+                                   f"e.g. sample {int(where[0])}")
+            blocks |= {(v, int(b)) for b in np.unique(where // spec.layout.block_samples)}
+    return blocks
+
+
+def _repair(store: ZarrStore, problems, blocks: set[tuple[int, int]]) -> None:
     from .store.format import Provenance
 
     for p in problems:
         if p.array not in ("labels", "progress"):  # labels are rewritten by every dump run
             store.mark(*store.block_of(p.key), 0)
+    for v, b in blocks:
+        store.mark(v, b, 0)
     store.set_provenance(Provenance(**{**store.provenance.to_json(), "complete": False, "finished_at": None}))

@@ -132,7 +132,18 @@ class CacheReader:
             )
             for name, arr in part.items():
                 rows[name][pick] = arr
-        return self.encoding.decode(rows, torch.from_numpy(self.labels[samples]))
+        view = self.encoding.decode(rows, torch.from_numpy(self.labels[samples]))
+        # No checksum catches a NaN a teacher never produced (--no-checksum stores), and a NaN
+        # would surface only as a NaN loss steps later: refuse it here, naming the pair.
+        bad = (~view.finite).nonzero()
+        if len(bad):
+            j = int(bad[0, 0])
+            raise CacheCorrupt(
+                f"corrupt data in {self.store.location}: view {int(views[j])} sample {int(samples[j])} holds NaN/inf "
+                "teacher logits (a dump never writes them). Never use it for training: run `logitcache verify "
+                "--repair` and the dump command again to rewrite the damaged blocks"
+            )
+        return view
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -235,11 +235,11 @@ def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, tmp_pa
     labels, indices = group["labels"][:], group["topk_indices"][1]
     # A sample whose second-ranked class is not its label (the label's fp32 logit would win).
     sample = int(np.flatnonzero(indices[:, 1] != labels)[100])
-    values = group["topk_values"]
-    values[1, sample, 1] = values[1, sample, 1] + np.float16(2.0)  # through zarr: checksums stay valid
+    gaps = group["topk_gaps"]  # from the top-1 logit: gaps[..., 0] is the second-ranked class's
+    gaps[1, sample, 0] = gaps[1, sample, 0] + np.float16(2.0)  # through zarr: checksums stay valid
     result = run_cli(["verify", path, "--random-init", "--samples", "100000", "--device", "cpu"])
     assert result.code == 1
-    assert "replayed 4314 (view, sample) pairs" in result.out
+    assert "replayed 4,314 (view, sample) pairs" in result.out
     fails = [line for line in result.err.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 1
     assert fails[0].startswith(f"FAIL view 1 sample {sample}: stored logits differ from the replayed teacher")

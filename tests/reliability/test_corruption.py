@@ -28,7 +28,7 @@ LAYOUTS = {  # CLI options, and the same as make_cache fields (stores shared wit
 }
 # (layout, fault, array, storage key under the array): every fault on data arrays of both layouts.
 CASES = [
-    ("topk-fp16", "flip", "topk_values", "c/1/1/0"),
+    ("topk-fp16", "flip", "topk_gaps", "c/1/1/0"),
     ("topk-fp16", "truncate", "lse", "c/2/3"),
     ("topk-fp16", "empty", "topk_indices", "c/1/0/0"),
     ("topk-fp16", "delete", "target_logit", "c/2/2"),
@@ -102,13 +102,13 @@ def test_train_refuses_a_damaged_cache_naming_the_chunk(fault, damaged, damage, 
     """``logitcache train`` stops with the chunk named before any step uses its rows: the first
     epoch reads view 1, whose chunk is damaged, so no checkpoint is ever written."""
     _, path, _ = damaged("topk-fp16")
-    damage(path / "topk_values" / "c" / "1" / "2" / "0", fault)
+    damage(path / "topk_gaps" / "c" / "1" / "2" / "0", fault)
     out = tmp_path / "run"
     result = run_cli(["train", "--student", "resnet8", "--dataset", SYNTHETIC, "--cache", path, "--out", out,
                       "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"])
     assert result.code == 2 and "Traceback" not in result.err
     assert result.err.startswith("error: ") and result.err.count("\n") == 1
-    assert "topk_values/c/1/2/0" in result.err and "verify --repair" in result.err
+    assert "topk_gaps/c/1/2/0" in result.err and "verify --repair" in result.err
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
 
 
@@ -130,7 +130,7 @@ def test_a_damaged_progress_marker_counts_as_not_done(damaged, damage, run_cli, 
     damage(path / "progress" / "c" / "1" / "2", "flip")
     result = run_cli(["verify", path, "--samples", "0"])
     assert result.code == 1 and "FAIL progress chunk progress/c/1/2: does not decode" in result.err
-    assert "1 blocks never finished writing" in result.err
+    assert "1 block never finished writing" in result.err
     assert ZarrStore.open(path).progress()[1, 2] == 0
     assert run_cli(["verify", path, "--samples", "0", "--repair"]).code == 1
     again = run_cli(dump_command)
@@ -197,6 +197,6 @@ def test_without_checksums_a_flipped_byte_can_go_unseen(run_cli, damage, tmp_pat
     path = tmp_path / "c.zarr"
     assert run_cli(["dump", *BASE, *LAYOUTS["topk-fp16"][0], "--no-checksum", "--out", path]).code == 0
     before = _read_view(path, 1).topk_values.clone()
-    damage(path / "topk_values" / "c" / "1" / "1" / "0", "flip")
+    damage(path / "topk_gaps" / "c" / "1" / "1" / "0", "flip")
     assert run_cli(["verify", path, "--samples", "0"]).code == 0  # integrity check has nothing to check
     assert not np.array_equal(_read_view(path, 1).topk_values.numpy(), before.numpy())  # and data changed

@@ -98,7 +98,7 @@ def test_resume_rechecks_blocks_marked_done(layout, faults, run_cli, dump_refere
     state = check_killed_store(out, ref)
     done = int((state == DONE).sum())
     assert done == 13 and state[0].tolist() == [DONE] * 6
-    for key, fault in zip(("topk_values/c/0/1/0", "lse/c/0/3", "seeds/c/0/5"), faults):  # shard or chunk: same keys
+    for key, fault in zip(("topk_gaps/c/0/1/0", "lse/c/0/3", "seeds/c/0/5"), faults):  # shard or chunk: same keys
         damage(out / key, fault)
     resumed = run_cli(command)
     assert resumed.code == 0, resumed.err

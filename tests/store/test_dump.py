@@ -76,7 +76,7 @@ def test_resume_rewrites_exactly_the_unfinished_and_damaged_blocks(tmp_path, mak
     store.mark(1, 2, 1)  # killed while writing view 1 block 2
     store.mark(2, 3, 0)  # never started
     (path / "lse" / "c" / "2" / "3").unlink()
-    chunk = path / "topk_values" / "c" / "0" / "1" / "0"  # marked done, but its bytes rotted
+    chunk = path / "topk_gaps" / "c" / "0" / "1" / "0"  # marked done, but its bytes rotted
     raw = bytearray(chunk.read_bytes())
     raw[-5] ^= 0x10
     chunk.write_bytes(bytes(raw))

@@ -151,13 +151,13 @@ def test_missing_chunk_is_refused_on_open(digits_cache, copy_store, tmp_path):
 
 def test_corrupt_chunk_fails_the_read(digits_cache, copy_store, tmp_path):
     path = copy_store(digits_cache, tmp_path / "c.zarr")
-    chunk = path / "topk_values" / "c" / "2" / "1" / "0"
+    chunk = path / "topk_gaps" / "c" / "2" / "1" / "0"
     raw = bytearray(chunk.read_bytes())
     raw[-6] ^= 0x01
     chunk.write_bytes(bytes(raw))
     for budget in (1 << 30, 0):
         reader = CacheReader(path, memory_budget=budget)
-        with pytest.raises(CacheCorrupt, match="topk_values/c/2/1/0: does not decode"):
+        with pytest.raises(CacheCorrupt, match="topk_gaps/c/2/1/0: does not decode"):
             reader.read(2, np.array([300]))
         _assert_same(reader.read(1, np.array([300])), CacheReader(digits_cache).read(1, np.array([300])))
         reader.close()

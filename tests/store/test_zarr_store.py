@@ -32,7 +32,7 @@ def _spec(n=300, classes=10, views=2, chunk=64, shard=0, encoding=None, codec=No
         teacher=TeacherInfo(name="resnet8", weights_sha256="0" * 64, num_classes=classes),
         dataset=DatasetInfo(name="synthetic", split="train", num_samples=n, num_classes=classes, fingerprint="x"),
         views=ViewsInfo(count=views, clean=True, seed=0, augmentation=ViewSpec(kind="crop", size=8).to_json()),
-        encoding=encoding or EncodingInfo(kind="topk", dtype="fp16", k=3),
+        encoding=encoding or EncodingInfo(kind="topk", dtype="fp32", k=3),  # fp32: stores topk_values as they are
         codec=codec or CodecInfo(),
         layout=Layout(chunk_samples=chunk, shard_chunks=shard),
         batch_size=64,
@@ -68,12 +68,12 @@ def _fill(store: ZarrStore, seed: int = 0) -> dict[str, np.ndarray]:
     ("encoding", "arrays"),
     [
         (EncodingInfo(kind="topk", dtype="fp16", k=3),
-         {"topk_values": ((3,), "float16"), "topk_indices": ((3,), "uint8"), "lse": ((), "float32"),
-          "target_logit": ((), "float32")}),
+         {"topk_indices": ((3,), "uint8"), "top_logit": ((), "float32"), "topk_gaps": ((2,), "float16"),
+          "lse": ((), "float32"), "target_logit": ((), "float32")}),
         (EncodingInfo(kind="topk", dtype="q8", k=3),
          {"topk_indices": ((3,), "uint8"), "topk_gaps": ((2,), "uint8"), "lse_gap": ((), "uint16"),
           "target_gap": ((), "uint16")}),
-        (EncodingInfo(kind="full", dtype="bf16"), {"logits": ((10,), "uint16")}),
+        (EncodingInfo(kind="full", dtype="bf16"), {"top_logit": ((), "float32"), "logit_gaps": ((10,), "uint16")}),
     ],
     ids=["topk-fp16", "topk-q8", "full-bf16"],
 )
@@ -89,7 +89,7 @@ def test_created_layout(tmp_path, encoding, arrays):
         arr = store.array(name)
         assert (arr.shape, arr.dtype, arr.chunks, arr.shards) == ((3, 300, *trailing), np.dtype(dtype), (1, 64, *trailing), None)
     meta = json.loads((tmp_path / "c.zarr" / "topk_indices" / "zarr.json").read_text()) if encoding.kind == "topk" else \
-        json.loads((tmp_path / "c.zarr" / "logits" / "zarr.json").read_text())
+        json.loads((tmp_path / "c.zarr" / "logit_gaps" / "zarr.json").read_text())
     assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
     assert meta["fill_value"] == 0
     pmeta = json.loads((tmp_path / "c.zarr" / PROGRESS / "zarr.json").read_text())
