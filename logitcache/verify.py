@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from torch import Tensor
 
 from . import _utils
@@ -29,7 +28,7 @@ from .datasets import open_dataset
 from .errors import CacheMismatch
 from .loader import ViewBatch, augmented_batches
 from .models import weights_sha256
-from .store.encodings import Encoding, get_encoding
+from .store.encodings import get_encoding
 from .store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
 from .store.format import EncodingInfo
 from .store.zarr_store import DONE, ZarrStore, flock
@@ -40,9 +39,11 @@ from .views import ViewSpec, view_seeds
 # Rounding of a stored fp16/bf16 gap from the row's top logit: half an ulp, relative to the gap
 # (round to nearest; fp32 values are stored as they are).
 _GAP_HALF_ULP = {"fp32": 0.0, "fp16": 2.0**-11, "bf16": 2.0**-8}
-# Float noise of a replay in another batch or on another device: absolute, and relative to the
-# logits a value depends on (itself and, for gaps, the row's top).
-_NOISE_ATOL, _NOISE_RTOL = 1e-4, 1e-5
+# Float noise of a replay in another batch or on another device: absolute; relative to the row's
+# spread (max - min: the scale of what the network computes, without a common offset, which
+# would otherwise hide whole nats at 60,000); and 16 fp32 ulps of the values compared (itself
+# and, for gaps, the row's top), where a common offset puts them.
+_NOISE_ATOL, _NOISE_RTOL, _NOISE_ULPS = 1e-4, 1e-5, 2.0**-20
 _SCAN_ROWS = 65536  # rows per read of the NaN/inf scan
 
 
@@ -166,8 +167,8 @@ def _stored_rows(store: ZarrStore, fields: list[str], views: np.ndarray, samples
     return rows
 
 
-def _noise(*values: Tensor) -> Tensor:
-    return _NOISE_ATOL + _NOISE_RTOL * sum(v.abs() for v in values)
+def _noise(spread: Tensor, *values: Tensor) -> Tensor:
+    return _NOISE_ATOL + _NOISE_RTOL * spread + _NOISE_ULPS * sum(v.abs() for v in values)
 
 
 def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingInfo) -> tuple[list[str], Tensor]:
@@ -179,15 +180,16 @@ def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingI
     logit, clipped where q8 clips them. NaN on either side is a failure (no comparison holds).
     """
     top = fresh.max(dim=1, keepdim=True).values
+    spread = top - fresh.min(dim=1, keepdim=True).values
     q8 = info.dtype == "q8"
     idx = cached.topk_indices if info.kind == "topk" else None
     z = fresh if idx is None else fresh.gather(1, idx)
     stored = cached.logits if idx is None else cached.topk_values
     gap = top - z
     if q8:
-        checks = [(stored, -gap.clamp(max=255 * GAP_STEP), _noise(z, top) + GAP_STEP / 2)]
+        checks = [(stored, -gap.clamp(max=255 * GAP_STEP), _noise(spread, z, top) + GAP_STEP / 2)]
     else:
-        checks = [(stored, z, _noise(z, top) + _GAP_HALF_ULP[info.dtype] * gap)]
+        checks = [(stored, z, _noise(spread, z, top) + _GAP_HALF_ULP[info.dtype] * gap)]
     classes_ok = torch.ones(len(fresh), dtype=torch.bool)
     if idx is not None:
         lse = torch.logsumexp(fresh, dim=1, keepdim=True)
@@ -196,15 +198,15 @@ def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingI
         if q8:
             in_topk = (idx == labels[:, None]).any(dim=1, keepdim=True)  # then its target is a gap checked above
             target_gap = (top - target).clamp(max=(TARGET_IN_TOPK - 1) * TARGET_STEP)
-            checks += [(stored_lse, (lse - top).clamp(max=65535 * LSE_STEP), _noise(lse, top) + LSE_STEP / 2),
+            checks += [(stored_lse, (lse - top).clamp(max=65535 * LSE_STEP), _noise(spread, lse, top) + LSE_STEP / 2),
                        (stored_target, torch.where(in_topk, stored_target, -target_gap),
-                        _noise(target, top) + TARGET_STEP / 2)]
+                        _noise(spread, target, top) + TARGET_STEP / 2)]
         else:
-            checks += [(stored_lse, lse, _noise(lse)), (stored_target, target, _noise(target))]
+            checks += [(stored_lse, lse, _noise(spread, lse)), (stored_target, target, _noise(spread, target))]
         # The stored classes must be k distinct classes of the fresh top-k, up to near-ties at the k-th place.
         kth = torch.topk(fresh, idx.shape[1], dim=1).values[:, -1:]
         distinct = (idx.sort(dim=1).values.diff(dim=1) != 0).all(dim=1)
-        classes_ok = (z >= kth - _noise(kth, top)).all(dim=1) & distinct
+        classes_ok = (z >= kth - _noise(spread, kth, top)).all(dim=1) & distinct
     errors = [(a - b).abs() for a, b, _ in checks]
     within = torch.stack([(e <= tol).all(dim=1) for e, (_, _, tol) in zip(errors, checks)]).all(dim=0)
     err = torch.cat(errors, dim=1).max(dim=1).values
@@ -229,7 +231,7 @@ def _nonfinite_blocks(store: ZarrStore, report: VerifyReport) -> set[tuple[int, 
     """
     spec = store.spec
     n = spec.dataset.num_samples
-    encoding: Encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
+    encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
     blocks: set[tuple[int, int]] = set()
     for v in range(spec.views.total):
         bad: list[np.ndarray] = []
@@ -240,7 +242,7 @@ def _nonfinite_blocks(store: ZarrStore, report: VerifyReport) -> set[tuple[int, 
             bad.append(start + (~tv.finite).nonzero()[:, 0].numpy())
         where = np.concatenate(bad)
         if len(where):
-            report.problems.append(f"view {v}: {plural(len(where), 'sample')} hold NaN/inf logits, "
+            report.problems.append(f"view {v}: {plural(len(where), 'sample')} with NaN/inf logits, "
                                    f"e.g. sample {int(where[0])}")
             blocks |= {(v, int(b)) for b in np.unique(where // spec.layout.block_samples)}
     return blocks

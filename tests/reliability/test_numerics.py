@@ -1,0 +1,159 @@
+"""Numbers a store must never get wrong: NaN/inf, and teachers whose logits share a large offset.
+
+A NaN written into a ``--no-checksum`` store (no checksum can see it) is refused by ``verify``
+(every pair is scanned, with or without a replay), by the reader (so ``train`` and ``info``
+stop in one line naming the cache and the (view, sample)), and ``verify --repair`` plus the dump
+command rewrites it. A teacher whose final bias is +60,000 (fp16) or +3,000 (bf16) — softmax
+unchanged — dumps to a store whose argmax and entropy are the teacher's, pair for pair, and
+which ``verify`` accepts; a tampered gap in such a store is found, because ``verify`` compares
+with the fresh fp32 logits rather than with re-encoded ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from logitcache.info import cache_info
+from logitcache.models import create_model
+from logitcache.store.reader import CacheReader
+
+SYNTHETIC = "synthetic:n=64,size=8"
+DUMP = ["dump", "--teacher", "resnet8", "--dataset", SYNTHETIC, "--random-init", "--views", "2", "--chunk-samples",
+        "16", "--device", "cpu", "--quiet", "--no-checksum"]
+# Where to write the NaN: an fp16/bf16 gap, and the fp32 lse of a top-k store.
+NAN_CASES = {
+    "full-fp16 gap": (["--full", "--dtype", "fp16"], "logit_gaps", (1, 41, 3)),
+    "topk-bf16 lse": (["--topk", "3", "--dtype", "bf16"], "lse", (1, 41)),
+    "topk-fp16 gap": (["--topk", "3", "--dtype", "fp16"], "topk_gaps", (1, 41, 0)),
+}
+
+
+def _read(path, view: int, n: int):
+    reader = CacheReader(path)
+    try:
+        return reader.read(view, np.arange(n))
+    finally:
+        reader.close()
+
+
+def _one_error_line(result) -> str:
+    assert result.code == 2 and "Traceback" not in result.err, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("case", list(NAN_CASES))
+def test_a_stored_nan_is_refused_everywhere(case, bad, run_cli, tmp_path):
+    args, field, where = NAN_CASES[case]
+    path = tmp_path / "c.zarr"
+    dump = [*DUMP, *args, "--out", path]
+    assert run_cli(dump).code == 0
+    arr = zarr.open_group(str(path), mode="r+")[field]
+    if arr.dtype == np.uint16:  # bf16 bits
+        arr[where] = torch.tensor(bad, dtype=torch.bfloat16).view(torch.uint16).item()
+    else:
+        arr[where] = bad
+
+    for samples in ("0", "100000"):  # with and without a replay
+        result = run_cli(["verify", path, "--samples", samples, "--random-init", "--device", "cpu"])
+        assert result.code == 1
+        assert "FAIL view 1: 1 sample with NaN/inf logits, e.g. sample 41" in result.err.splitlines()
+        assert "replay skipped" in result.out
+    line = _one_error_line(run_cli(["info", path, "--quiet"]))
+    assert f"corrupt data in {path}: view 1 sample 41 holds NaN/inf" in line and "verify --repair" in line
+    out = tmp_path / "run"
+    line = _one_error_line(run_cli(["train", "--student", "resnet8", "--dataset", SYNTHETIC, "--cache", path,
+                                    "--out", out, "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"]))
+    assert f"{path}: view 1 sample 41 holds NaN/inf" in line  # not "loss became nan ... lower --lr"
+    assert not (out / "last.pt").exists()
+
+    # The fix the message names works: repair marks the block, the dump command rewrites it.
+    assert run_cli(["verify", path, "--samples", "0", "--repair"]).code == 1
+    assert run_cli(dump).code == 0
+    assert run_cli(["verify", path, "--samples", "100000", "--random-init", "--device", "cpu"]).code == 0
+    assert torch.isfinite(_read(path, 1, 64).logits).all()
+
+
+# --------------------------------------------------------------------------- teachers with an offset
+@pytest.fixture(scope="module")
+def offset_checkpoints(tmp_path_factory):
+    """``{bias: path}``: one random resnet8 with ``bias`` added to every class's final bias."""
+    root = tmp_path_factory.mktemp("offset")
+    torch.manual_seed(0)
+    state = create_model("resnet8", num_classes=10).state_dict()
+    paths = {}
+    for bias in (0.0, 3e3, 6e4):
+        paths[bias] = root / f"bias{bias:g}.pt"
+        torch.save({**state, "fc.bias": state["fc.bias"] + bias}, paths[bias])
+    return paths
+
+
+OFFSET_CASES = {  # (bias, encoding fields) - each compared with the same encoding in fp32
+    "full fp16 +60000": (6e4, dict(encoding="full", dtype="fp16")),
+    "top-3 fp16 +60000": (6e4, dict(topk=3, dtype="fp16")),
+    "full bf16 +3000": (3e3, dict(encoding="full", dtype="bf16")),
+    "top-3 bf16 +3000": (3e3, dict(topk=3, dtype="bf16")),
+}
+
+
+def _dump_offset(make_cache, checkpoint, **fields):
+    return make_cache(checkpoint=str(checkpoint), random_init=False, views=1, **fields)
+
+
+@pytest.mark.parametrize("case", list(OFFSET_CASES))
+def test_a_teacher_with_a_large_offset_is_stored_faithfully(case, offset_checkpoints, make_cache, run_cli):
+    bias, fields = OFFSET_CASES[case]
+    path = _dump_offset(make_cache, offset_checkpoints[bias], **fields)
+    ref = _dump_offset(make_cache, offset_checkpoints[bias], **{**fields, "dtype": "fp32"})
+    for v in range(2):
+        got, want = _read(path, v, 1438), _read(ref, v, 1438)
+        assert torch.equal(got.argmax, want.argmax)  # pair for pair, not only on average
+        # log-probabilities within the dtype's step of the gaps (a few nats here)
+        assert (got.log_probs() - want.log_probs()).abs().max() <= 0.05
+    info, ref_info = cache_info(path, progress=False), cache_info(ref, progress=False)
+    for stats, ref_stats in ((info.clean, ref_info.clean), (info.augmented, ref_info.augmented)):
+        assert stats.misinstruction_rate == ref_stats.misinstruction_rate
+        assert stats.mean_entropy == pytest.approx(ref_stats.mean_entropy, abs=1e-3)
+    result = run_cli(["verify", path, "--checkpoint", offset_checkpoints[bias], "--samples", "100000",
+                      "--device", "cpu"])
+    assert result.code == 0, result.err
+    assert "replayed 2,876 (view, sample) pairs" in result.out
+
+
+def test_verify_finds_a_tampered_gap_of_an_offset_teacher(offset_checkpoints, run_cli, tmp_path):
+    # Without checksums only the replay can notice; it compares with the fresh fp32 logits, so
+    # it sees a gap off by one nat even where every logit is 60,000 (fp16's step there is 32).
+    path = tmp_path / "c.zarr"
+    ckpt = offset_checkpoints[6e4]
+    assert run_cli(["dump", "--teacher", "resnet8", "--dataset", "digits", "--checkpoint", ckpt, "--views", "1",
+                    "--full", "--dtype", "fp16", "--no-checksum", "--device", "cpu", "--quiet", "--out", path]).code == 0
+    gaps = zarr.open_group(str(path), mode="r+")["logit_gaps"]
+    row = gaps[1, 700]
+    c = int(np.flatnonzero(row > 0)[0])
+    gaps[1, 700, c] = row[c] + np.float16(1.0)
+    result = run_cli(["verify", path, "--checkpoint", ckpt, "--samples", "100000", "--device", "cpu"])
+    assert result.code == 1
+    fails = [line for line in result.err.splitlines() if line.startswith("FAIL")]
+    assert fails == [fails[0]] and fails[0].startswith("FAIL view 1 sample 700: stored logits differ from the replayed")
+
+
+def test_an_fp16_gap_overflow_names_a_dtype_that_works(offset_checkpoints, run_cli, tmp_path):
+    # A spread beyond fp16's 65504 between two logits of one sample cannot be stored in fp16;
+    # the refusal names the dtypes that store it, and the command it suggests succeeds.
+    state = torch.load(offset_checkpoints[0.0], weights_only=True)
+    state["fc.bias"] = state["fc.bias"].clone()
+    state["fc.bias"][3] += 7e4
+    ckpt = tmp_path / "spread.pt"
+    torch.save(state, ckpt)
+    base = ["dump", "--teacher", "resnet8", "--dataset", SYNTHETIC, "--checkpoint", ckpt, "--views", "1", "--full",
+            "--device", "cpu", "--quiet"]
+    line = _one_error_line(run_cli([*base, "--dtype", "fp16", "--out", tmp_path / "a.zarr"]))
+    assert "beyond what fp16 stores (65504): dump with --dtype bf16 or --dtype fp32" in line
+    assert run_cli([*base, "--dtype", "bf16", "--out", tmp_path / "b.zarr"]).code == 0
+    view = _read(tmp_path / "b.zarr", 1, 64)
+    assert (view.argmax == 3).all() and torch.isfinite(view.log_probs()).all()
