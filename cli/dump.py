@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from logitcache._utils import plural
 from logitcache.distributed import torchrun_rank
-from logitcache.dump import DumpConfig, dump
+from logitcache.dump import AUTO_FULL_MAX_CLASSES, DEFAULT_TOPK, DumpConfig, dump
 from logitcache.errors import BadInput
 
 from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt, RandomInitOpt
@@ -39,8 +40,8 @@ def dump_command(
     augment: Annotated[
         str | None, typer.Option(help="Augmentation: crop:SIZE:PAD[:noflip] or resized_crop:SIZE[:MIN-MAX][:noflip]. Default: the dataset's.")
     ] = None,
-    topk: Annotated[int, typer.Option(help="Store the top-k logits (+ log-normaliser and true-class logit).")] = 10,
-    full: Annotated[bool, typer.Option("--full", help="Store all logits instead of top-k.")] = False,
+    topk: Annotated[int | None, typer.Option(help="Store the top-k logits (+ log-normaliser and true-class logit). Default: all logits up to 32 classes, the top 10 above.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Store all logits (the default up to 32 classes).")] = False,
     dtype: Annotated[str, typer.Option(help="fp32, fp16 or bf16; top-k also q8 (8-bit gaps, the compact form).")] = "fp16",
     codec: Annotated[str, typer.Option(help="none or blosc-CNAME[-LEVEL[-SHUFFLE]].")] = "blosc-zstd-5",
     checksum: Annotated[bool, typer.Option(help="crc32c checksum on every chunk.")] = True,
@@ -60,19 +61,27 @@ def dump_command(
     The same command after an interruption resumes where it stopped; the finished store equals
     an uninterrupted one. A store made with other settings is refused unless --overwrite.
     """
+    if full and topk is not None:
+        raise BadInput(f"--full stores every logit and --topk {topk} the top {topk}: pass one of them")
+    encoding = "full" if full else "auto" if topk is None else "topk"
     config = DumpConfig(
         teacher=teacher, dataset=dataset, out=out, checkpoint=checkpoint, random_init=random_init,
         data_root=data_root, download=download, split=split, views=views, clean_view=clean_view,
-        augmentation=augment, encoding="full" if full else "topk", topk=topk, dtype=dtype, codec=codec,
+        augmentation=augment, encoding=encoding, topk=topk, dtype=dtype, codec=codec,
         checksum=checksum, chunk_samples=chunk_samples, shard_chunks=shard_chunks, seed=seed, device=device,
         batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_resolve_shard(shard), finalize_only=finalize,
         progress=not quiet,
     )
     result = dump(config)
+    chosen = result.spec.encoding
+    typer.echo(f"encoding: {chosen.describe()}" + (
+        f" (auto for {result.spec.dataset.num_classes} classes: all logits up to {AUTO_FULL_MAX_CLASSES}, the top "
+        f"{DEFAULT_TOPK} above; --full or --topk K to choose)" if encoding == "auto" else ""))
     for note in result.notes:
         typer.echo(note)
     rate = f"{result.samples_per_second:,.0f} samples/s" if result.samples_written else "nothing left to write"
-    typer.echo(f"wrote {result.blocks_written} blocks ({result.samples_written:,} sample-views) in {result.seconds:.1f} s: {rate}")
+    typer.echo(f"wrote {plural(result.blocks_written, 'block')} ({plural(result.samples_written, 'sample-view')}) "
+               f"in {result.seconds:.1f} s: {rate}")
     if result.complete:
         acc = result.teacher_test_accuracy
         typer.echo(f"complete: {result.location}" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))

@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+from logitcache._utils import plural
 from logitcache.info import CacheInfo, ViewStats, cache_info
+from logitcache.store.format import EncodingInfo
+from logitcache.views import ViewSpec
 
 from ._options import JsonOpt, QuietOpt, human_bytes
 
@@ -32,21 +35,23 @@ def info_command(
 
 def render(info: CacheInfo) -> str:
     s, p = info.spec, info.provenance
-    t, d, v, e = s["teacher"], s["dataset"], s["views"], s["encoding"]
-    enc = f"full {e['dtype']}" if e["kind"] == "full" else f"top-{e['k']} {e['dtype']}"
+    t, d, v = s["teacher"], s["dataset"], s["views"]
+    enc = EncodingInfo(**s["encoding"])
     acc = p.get("teacher_test_accuracy")
+    layout = s["layout"]
     lines = [
         f"cache        {info.location}  (format v{s['format_version']}, logitcache {p['tool_version']})",
         f"status       {'complete' if p['complete'] else 'INCOMPLETE'}; created {p['created_at']}"
         + (f", finished {p['finished_at']}" if p.get("finished_at") else ""),
         f"teacher      {t['name']}  weights sha256 {t['weights_sha256'][:16]}…"
-        + (f"  test accuracy {acc:.2f}% ({p['teacher_test_samples']} images)" if acc is not None else ""),
-        f"dataset      {d['name']} [{d['split']}]  {d['num_samples']:,} samples, {d['num_classes']} classes, "
+        + (f"  test accuracy {acc:.2f}% ({plural(p['teacher_test_samples'], 'image')})" if acc is not None else ""),
+        f"dataset      {d['name']} [{d['split']}]  {plural(d['num_samples'], 'sample')}, {d['num_classes']} classes, "
         f"fingerprint {d['fingerprint'][:16]}…",
         f"views        {v['count']} augmented" + (" + clean view 0" if v["clean"] else "")
-        + f", seed {v['seed']}, {_aug(v['augmentation'])}",
-        f"encoding     {enc}; chunks of {s['layout']['chunk_samples']} samples"
-        + (f", {s['layout']['shard_chunks']} chunks per shard" if s["layout"]["shard_chunks"] else ""),
+        + f", seed {v['seed']}, {ViewSpec.from_json(v['augmentation']).describe()}",
+        f"encoding     {enc.describe()}; chunks of {plural(layout['chunk_samples'], 'sample')}"
+        + (f", {plural(layout['shard_chunks'], 'chunk')} per shard" if layout["shard_chunks"] else ""),
+        f"stored as    {_stored_as(enc)}",
         f"size         {human_bytes(info.bytes_on_disk)} on disk, {human_bytes(info.raw_bytes)} raw: "
         f"ratio {info.compression_ratio:.2f}, {info.bytes_per_pair:.1f} B per sample-view",
     ]
@@ -57,18 +62,26 @@ def render(info: CacheInfo) -> str:
     return "\n".join(lines)
 
 
-def _aug(a: dict) -> str:
-    flip = "+flip" if a["flip"] else ""
-    if a["kind"] == "crop":
-        return f"crop({a['size']}, pad={a['padding']}){flip}"
-    return f"resized_crop({a['size']}, scale={tuple(a['scale'])}){flip}"
+def _stored_as(enc: EncodingInfo) -> str:
+    """What the encoding keeps of each (view, sample) pair, in words (docs/format.md has the detail)."""
+    if enc.kind == "full":
+        if enc.dtype == "fp32":
+            return "every logit, fp32"
+        return f"every logit as its gap from the top logit in {enc.dtype}, the top logit in fp32"
+    k = f"the top {enc.k} logits" if enc.k > 1 else "the top logit"
+    if enc.dtype == "q8":
+        return f"{k} as 8-bit gaps from the top (1/16 nat), lse and true-class logit as 16-bit gaps"
+    if enc.dtype == "fp32" or enc.k == 1:
+        return f"{k} in fp32 with their classes, lse and the true-class logit in fp32"
+    return (f"{k} as gaps from the top-1 logit in {enc.dtype} with their classes; top-1, lse and true-class "
+            "logit in fp32")
 
 
 def _stats_line(label: str, st: ViewStats) -> str:
     return (
         f"{label:<12} teacher top-1 {100 * (1 - st.misinstruction_rate):.2f}%, mis-instruction "
         f"{100 * st.misinstruction_rate:.2f}%, mean entropy {st.mean_entropy:.3f} nats, ECE {st.ece:.4f}, "
-        f"mean p(true class) {st.mean_target_prob:.3f}  [{st.samples:,} pairs]"
+        f"mean p(true class) {st.mean_target_prob:.3f}  [{plural(st.samples, 'pair')}]"
     )
 
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._utils import plural
 from .errors import BadInput, CacheError, CacheNotFound
 from .store.format import CacheSpec, TeacherInfo
 from .store.zarr_store import ZarrStore, is_url
@@ -67,7 +68,7 @@ def describe_teacher(teacher: TeacherInfo, test_accuracy: float | None) -> str:
 def describe_cache(spec: CacheSpec, teacher_test_accuracy: float | None) -> str:
     """One line on what a cache holds: teacher (with its weights), data, views, encoding."""
     return (f"{describe_teacher(spec.teacher, teacher_test_accuracy)}, on {spec.dataset.name} [{spec.dataset.split}], "
-            f"{spec.views.count} views, {spec.encoding.describe()}")
+            f"{plural(spec.views.count, 'view')}, {spec.encoding.describe()}")
 
 
 def list_caches(home: str | None = None) -> list[CacheEntry]:

@@ -73,11 +73,11 @@ def run_demo(config: DemoConfig, echo=print) -> list[DemoRow]:
         echo(f"  {name:<18} best {row.best_acc:6.2f}%  last {row.last_acc:6.2f}%  {row.seconds:6.1f} s")
         return row
 
-    echo(f"1/3 training teacher {config.teacher} on {config.dataset} ({config.teacher_epochs} epochs)")
+    echo(f"1/3 training teacher {config.teacher} on {config.dataset} ({_utils.plural(config.teacher_epochs, 'epoch')})")
     rows = [run("teacher", student=config.teacher, method="ce", epochs=config.teacher_epochs)]
     teacher_ckpt = str(out / "teacher" / "best.pt")
 
-    echo(f"2/3 dumping its logits over {config.views} views (+ the clean view) into cache.zarr")
+    echo(f"2/3 dumping its logits over {_utils.plural(config.views, 'view')} (+ the clean view) into cache.zarr")
     start = time.perf_counter()
     dumped = dump(DumpConfig(teacher=config.teacher, checkpoint=teacher_ckpt, dataset=config.dataset,
                              out=str(out / "cache.zarr"), views=config.views, encoding="full", dtype="fp16",
@@ -85,7 +85,7 @@ def run_demo(config: DemoConfig, echo=print) -> list[DemoRow]:
     echo(f"  dumped {dumped.samples_written:,} sample-views in {time.perf_counter() - start:.1f} s; "
          f"teacher test accuracy {dumped.teacher_test_accuracy:.2f}%")
 
-    echo(f"3/3 training student {config.student} ({config.student_epochs} epochs each)")
+    echo(f"3/3 training student {config.student} ({_utils.plural(config.student_epochs, 'epoch')} each)")
     common = dict(student=config.student, epochs=config.student_epochs, teacher=config.teacher)
     for method in config.methods:
         cache = None if method == "ce" else str(out / "cache.zarr")

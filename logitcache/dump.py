@@ -44,6 +44,10 @@ from .teacher import build_teacher
 from .views import ViewSpec, view_seeds
 
 AUTO_SHARD_SAMPLES = 262_144  # above this many samples, shard by default: fewer, larger files
+# encoding="auto": every logit up to this many classes (full fp16 at C = 32 is 68 B a pair,
+# top-10 is 40 B), the top DEFAULT_TOPK above (a top-10 of 10 classes would be no top-k at all).
+AUTO_FULL_MAX_CLASSES = 32
+DEFAULT_TOPK = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,8 +65,8 @@ class DumpConfig:
     views: int = 8
     clean_view: bool = True
     augmentation: str | None = None  # None: the dataset's default training augmentation
-    encoding: str = "topk"
-    topk: int = 10
+    encoding: str = "auto"  # auto, full or topk; auto: full up to AUTO_FULL_MAX_CLASSES classes, else top-k
+    topk: int | None = None  # k of a top-k encoding (auto with a k means top-k); None: DEFAULT_TOPK
     dtype: str = "fp16"
     codec: str = "blosc-zstd-5"
     checksum: bool = True
@@ -101,12 +105,7 @@ class DumpResult:
 def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) -> CacheSpec:
     """The store identity for a config; every check that can fail runs before any write."""
     view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
-    if config.encoding == "full":
-        encoding = EncodingInfo(kind="full", dtype=config.dtype)
-    elif config.encoding == "topk":
-        encoding = EncodingInfo(kind="topk", dtype=config.dtype, k=config.topk)
-    else:
-        raise BadInput(f"unknown encoding {config.encoding!r}: use topk or full")
+    encoding = resolve_encoding(config, dataset.num_classes)
     n = len(dataset)
     shard_chunks = config.shard_chunks
     if shard_chunks is None:
@@ -120,6 +119,21 @@ def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) ->
         layout=Layout(chunk_samples=config.chunk_samples, shard_chunks=shard_chunks),
         batch_size=config.batch_size,
     )
+
+
+def resolve_encoding(config: DumpConfig, num_classes: int) -> EncodingInfo:
+    """The encoding a config stores: ``auto`` picks full logits for up to
+    ``AUTO_FULL_MAX_CLASSES`` classes and the top ``DEFAULT_TOPK`` above, unless a k (or q8,
+    a top-k dtype) is given."""
+    kind = config.encoding
+    if kind == "auto":  # q8 exists only as a top-k encoding
+        few = num_classes <= AUTO_FULL_MAX_CLASSES and config.dtype != "q8"
+        kind = "full" if config.topk is None and few else "topk"
+    if kind == "full":
+        return EncodingInfo(kind="full", dtype=config.dtype)
+    if kind == "topk":
+        return EncodingInfo(kind="topk", dtype=config.dtype, k=DEFAULT_TOPK if config.topk is None else config.topk)
+    raise BadInput(f"unknown encoding {config.encoding!r}: use auto, topk or full")
 
 
 def _without_checksum(codec: CodecInfo) -> CodecInfo:
@@ -185,7 +199,7 @@ def _finalize_only(config: DumpConfig, spec: CacheSpec, teacher: nn.Module, devi
         raise CacheMismatch(f"{config.out} was dumped with other settings ({diffs}): finalize with the same options")
     missing = int((store.progress() != DONE).sum())
     if missing:
-        raise BadInput(f"cannot finalize {config.out}: {missing} blocks are not written yet; run the shards that "
+        raise BadInput(f"cannot finalize {config.out}: {_utils.plural(missing, 'block')} not written yet; run the shards that "
                        "write them (the same command with their --shard I/N) first")
     result = DumpResult(location=config.out, spec=spec, complete=False)
     finalize(config.out, teacher=teacher, dataset_name=config.dataset, data_root=config.data_root, device=device,
@@ -334,7 +348,7 @@ def finalize(
         state = store.progress()
         if not (state == DONE).all():
             if result is not None:
-                result.notes.append(f"{int((state != DONE).sum())} blocks still to be written by other shards")
+                result.notes.append(f"{_utils.plural(int((state != DONE).sum()), 'block')} still to be written by other shards")
             return False
         missing = store.check_chunks(decode=False)
         if missing:

@@ -20,6 +20,7 @@ import pytest
 import torch
 import zarr
 
+from logitcache._utils import plural
 from logitcache.models import create_model
 from logitcache.store.zarr_store import DONE, ZarrStore
 
@@ -69,7 +70,9 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
         "format v1", "status       complete", "teacher      resnet8", "test accuracy",
         "dataset      digits [train]  1,438 samples, 10 classes",
         "views        2 augmented + clean view 0, seed 0, crop(8, pad=1)",
-        "encoding     top-5 fp16; chunks of 256 samples", "on disk", "ratio", "B per sample-view",
+        "encoding     top-5 fp16; chunks of 256 samples",
+        "stored as    the top 5 logits as gaps from the top-1 logit in fp16 with their classes; top-1, lse and",
+        "on disk", "ratio", "B per sample-view",
         "clean view   teacher top-1", "augmented    teacher top-1", "mis-instruction", "ECE", "[1,438 pairs]",
         "[2,876 pairs]", "rebuilt distribution",
     ):
@@ -92,6 +95,27 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
     assert "replayed 256 (view, sample) pairs" in verified.out and verified.out.strip().endswith("OK")
     chunks = sum(len(ZarrStore.open(out).storage_keys(n)) for n in ZarrStore.open(out).array_names())
     assert f"checked {chunks} chunks" in verified.out
+
+
+@pytest.mark.parametrize(("dataset", "chosen", "stored"), [
+    ("digits", "full fp16", "every logit as its gap from the top logit in fp16, the top logit in fp32"),
+    ("synthetic:n=40,size=8,classes=40", "top-10 fp16", "the top 10 logits as gaps"),
+])
+def test_the_plainest_dump_works_and_says_what_it_chose(dataset, chosen, stored, run_cli, tmp_path):
+    # No --topk/--full: every logit up to 32 classes (a top-10 of 10 classes is no top-k), top-10 above.
+    out = tmp_path / "home" / "c.zarr"
+    dumped = run_cli(["dump", "--teacher", "resnet8", "--dataset", dataset, "--random-init", "--views", "1",
+                      "--device", "cpu", "--quiet", "--out", out])
+    assert dumped.code == 0, dumped.err
+    assert f"encoding: {chosen} (auto for " in dumped.out and "--full or --topk K to choose" in dumped.out
+    info = run_cli(["info", out, "--quiet"])
+    assert info.code == 0 and f"encoding     {chosen};" in info.out and f"stored as    {stored}" in info.out
+    assert "views        1 augmented + clean view 0" in info.out
+    listed = run_cli(["ls", "--home", tmp_path / "home"])
+    assert listed.code == 0 and f"1 view, {chosen}" in listed.out  # not "1 views"
+    verified = run_cli(["verify", out, "--random-init", "--device", "cpu", "--samples", "0"])
+    assert verified.code == 0 and "replay skipped (--samples 0)" in verified.out
+    assert "max |stored - replayed|" not in verified.out  # no replay error of 0 for a replay that did not run
 
 
 # --------------------------------------------------------------------------- kill and resume
@@ -125,7 +149,7 @@ def test_killed_dump_resumes_to_the_uninterrupted_store(run_cli, run_console, st
     resumed = run_console(command)
     assert resumed.code == 0, resumed.err
     assert f"resuming: {done} of {state.size} blocks already done" in resumed.out
-    assert f"wrote {state.size - done} blocks" in resumed.out and _says_complete(resumed.out)
+    assert f"wrote {plural(state.size - done, 'block')} (" in resumed.out and _says_complete(resumed.out)
     _assert_same_store(ref, out)
     assert ZarrStore.open(out).provenance.complete
 
@@ -165,7 +189,9 @@ BAD_INPUTS = {
     "checkpoint and random init": (dict(checkpoint="CKPT"), ["--checkpoint and --random-init exclude each other"]),
     "zero views": (dict(views="0"), ["at least one augmented view", "--views >= 1", "got 0"]),
     "unknown dtype": (dict(dtype="q4"), ["encoding topk stores fp32, fp16, bf16, q8", "'q4'"]),
-    "q8 full": (dict(full="", dtype="q8"), ["encoding full stores fp32, fp16, bf16", "'q8'"]),
+    "q8 full": (dict(full="", topk=None, dtype="q8"), ["encoding full stores fp32, fp16, bf16", "'q8'"]),
+    "q8 without k": (dict(topk=None, dtype="q8"), ["top-k needs k < number of classes (10)", "got k=10", "--topk"]),
+    "full and topk": (dict(full="", topk="3"), ["--full stores every logit and --topk 3 the top 3", "one of them"]),
     "unknown codec": (dict(codec="blosc-foo-5"), ["unknown blosc compressor 'foo'", "zstd"]),
     "bad shard": (dict(shard="3"), ["cannot read --shard '3'", "I/N"]),
     "zero batch size": (dict(batch_size="0"), ["--batch-size and --chunk-samples must be >= 1"]),
@@ -258,7 +284,7 @@ def test_verify_reports_a_flipped_byte_and_repair_restores(run_cli, digits_cache
     assert repaired.code == 1 and "FAIL repair: marked the damaged blocks for rewriting" in repaired.err
     again = run_cli(["dump", *digits_args, "--out", path])
     assert again.code == 0 and "resuming: 17 of 18 blocks already done" in again.out
-    assert "wrote 1 blocks" in again.out
+    assert "wrote 1 block (" in again.out
     assert run_cli(["verify", path, "--random-init", "--device", "cpu"]).code == 0
     _assert_same_store(digits_cache, path)
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from logitcache._utils import plural
 from logitcache.errors import CacheError
 from logitcache.store.reader import CacheReader
 from logitcache.store.zarr_store import DONE, WRITING
@@ -67,7 +68,7 @@ def test_kill_at_a_point_then_resume(point, layout, run_cli, dump_reference, dum
     assert resumed.code == 0, resumed.err
     if done:
         assert f"resuming: {done} of {TOTAL} blocks already done" in resumed.out
-    assert f"wrote {TOTAL - done} blocks" in resumed.out
+    assert f"wrote {plural(TOTAL - done, 'block')} (" in resumed.out
     assert_same_store(ref, out)
 
 
@@ -103,7 +104,7 @@ def test_resume_rechecks_blocks_marked_done(layout, faults, run_cli, dump_refere
     resumed = run_cli(command)
     assert resumed.code == 0, resumed.err
     assert f"resuming: {done} of {TOTAL} blocks already done" in resumed.out
-    assert f"wrote {TOTAL - done + 3} blocks" in resumed.out
+    assert f"wrote {plural(TOTAL - done + 3, 'block')} (" in resumed.out
     assert_same_store(ref, out)
 
 
