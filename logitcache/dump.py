@@ -44,8 +44,8 @@ from .teacher import build_teacher
 from .views import ViewSpec, view_seeds
 
 AUTO_SHARD_SAMPLES = 262_144  # above this many samples, shard by default: fewer, larger files
-# encoding="auto": every logit up to this many classes (full fp16 at C = 32 is 68 B a pair,
-# top-10 is 40 B), the top DEFAULT_TOPK above (a top-10 of 10 classes would be no top-k at all).
+# encoding="auto": every logit up to this many classes (full fp16 at C = 32 is 72 B a pair,
+# top-10 is 44 B), the top DEFAULT_TOPK above (a top-10 of 10 classes would be no top-k at all).
 AUTO_FULL_MAX_CLASSES = 32
 DEFAULT_TOPK = 10
 
