@@ -199,7 +199,7 @@ def _finalize_only(config: DumpConfig, spec: CacheSpec, teacher: nn.Module, devi
         raise CacheMismatch(f"{config.out} was dumped with other settings ({diffs}): finalize with the same options")
     missing = int((store.progress() != DONE).sum())
     if missing:
-        raise BadInput(f"cannot finalize {config.out}: {_utils.plural(missing, 'block')} not written yet; run the shards that "
+        raise BadInput(f"cannot finalize {config.out}: {missing} blocks are not written yet; run the shards that "
                        "write them (the same command with their --shard I/N) first")
     result = DumpResult(location=config.out, spec=spec, complete=False)
     finalize(config.out, teacher=teacher, dataset_name=config.dataset, data_root=config.data_root, device=device,
