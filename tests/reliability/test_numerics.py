@@ -152,8 +152,10 @@ def test_an_fp16_gap_overflow_names_a_dtype_that_works(offset_checkpoints, run_c
     torch.save(state, ckpt)
     base = ["dump", "--teacher", "resnet8", "--dataset", SYNTHETIC, "--checkpoint", ckpt, "--views", "1", "--full",
             "--device", "cpu", "--quiet"]
-    line = _one_error_line(run_cli([*base, "--dtype", "fp16", "--out", tmp_path / "a.zarr"]))
-    assert "beyond what fp16 stores (65504): dump with --dtype bf16 or --dtype fp32" in line
-    assert run_cli([*base, "--dtype", "bf16", "--out", tmp_path / "b.zarr"]).code == 0
-    view = _read(tmp_path / "b.zarr", 1, 64)
+    out = tmp_path / "c.zarr"
+    line = _one_error_line(run_cli([*base, "--dtype", "fp16", "--out", out]))
+    assert "beyond what fp16 stores (65504): dump again with --dtype bf16 or --dtype fp32" in line
+    assert "adding --overwrite to replace the unfinished fp16 store" in line
+    assert run_cli([*base, "--dtype", "bf16", "--out", out, "--overwrite"]).code == 0  # what it says, on that --out
+    view = _read(out, 1, 64)
     assert (view.argmax == 3).all() and torch.isfinite(view.log_probs()).all()

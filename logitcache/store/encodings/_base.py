@@ -74,8 +74,10 @@ def to_stored(x: Tensor, dtype: str) -> np.ndarray:
         biggest = float(x.abs().max())
         raise DataError(
             f"teacher logits of a sample lie {biggest:.6g} apart, beyond what {dtype} stores "
-            f"({float(torch.finfo(out.dtype).max):.6g}): dump with "
+            f"({float(torch.finfo(out.dtype).max):.6g}): dump again with "
             + ("--dtype bf16 or --dtype fp32" if dtype == "fp16" else "--dtype fp32")
+            # the refused dump's store keeps its settings; a dump with others replaces it only so
+            + f", adding --overwrite to replace the unfinished {dtype} store"
         )
     return out.view(torch.uint16).numpy() if dtype == "bf16" else out.numpy()
 
