@@ -15,24 +15,30 @@ which records the sources, published settings and the readings of incomplete sou
 from __future__ import annotations
 
 from ._registry import (
+    AUTO_PRESET,
     MethodInfo,
+    ResolvedHparams,
     compute_loss,
     get_method,
     list_methods,
     pair_preset_name,
     register_method,
     resolve_hparams,
+    resolve_method,
 )
 
 # Importing a module registers its methods; the order here is the order of list_methods().
 from . import ce, kd, dkd, loca, rld, lud, dist  # noqa: F401  isort: skip
 
 __all__ = [
+    "AUTO_PRESET",
     "MethodInfo",
+    "ResolvedHparams",
     "compute_loss",
     "get_method",
     "list_methods",
     "pair_preset_name",
     "register_method",
     "resolve_hparams",
+    "resolve_method",
 ]

@@ -154,6 +154,21 @@ def pair_preset_name(teacher: str, student: str, *, logit_stand: bool = False) -
     return f"{_LS_PAIR_PREFIX if logit_stand else ''}{teacher}-{student}"
 
 
+@dataclass(frozen=True)
+class ResolvedHparams:
+    """A run's hyper-parameters, with where each value came from, for printing and config.json.
+
+    Attributes:
+        values: Exactly the method's hyper-parameter keys, in signature order.
+        preset: The preset applied in layer 3 (``"auto"`` resolved to its pair), or None.
+        sources: Per key: ``"default"``, ``"ls"``, ``"preset <name>"`` or ``"--set"``.
+    """
+
+    values: dict[str, Any]
+    preset: str | None
+    sources: dict[str, str]
+
+
 def resolve_hparams(
     name: str,
     *,
@@ -162,8 +177,9 @@ def resolve_hparams(
     logit_stand: bool = False,
     teacher: str | None = None,
     student: str | None = None,
+    force_preset: bool = False,
 ) -> dict[str, Any]:
-    """The complete hyper-parameters of a method for one run.
+    """The complete hyper-parameters of a method for one run (``resolve_method(...).values``).
 
     Layers, each overriding the previous one:
 
@@ -179,36 +195,73 @@ def resolve_hparams(
         overrides: Hyper-parameter values set by the user, as values or strings.
         preset: A preset name, ``"auto"``, or None.
         logit_stand: Apply logit standardisation (``--logit-stand``).
-        teacher: Teacher model name, for ``preset="auto"``.
-        student: Student model name, for ``preset="auto"``.
+        teacher: Teacher model name, for ``preset="auto"`` and the pair check.
+        student: Student model name, for ``preset="auto"`` and the pair check.
+        force_preset: Apply a pair preset named for another teacher/student pair.
 
     Returns:
         A new dict with exactly the method's hyper-parameter keys.
 
     Raises:
         UnknownName: ``name`` is not a registered method.
-        BadInput: ``logit_stand`` for a method without it, an unknown preset, an unknown
+        BadInput: ``logit_stand`` for a method without it, an unknown preset, a pair preset of
+            another pair than ``teacher``/``student`` (without ``force_preset``), an unknown
             hyper-parameter or a value of the wrong type.
     """
+    return resolve_method(name, overrides=overrides, preset=preset, logit_stand=logit_stand, teacher=teacher,
+                          student=student, force_preset=force_preset).values
+
+
+def resolve_method(
+    name: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    logit_stand: bool = False,
+    teacher: str | None = None,
+    student: str | None = None,
+    force_preset: bool = False,
+) -> ResolvedHparams:
+    """``resolve_hparams``, also saying which preset was applied and where each value came from."""
     info = get_method(name)
     params = _hparams(info.fn)
     resolved = info.defaults()
+    sources = dict.fromkeys(resolved, "default")
+
+    def apply(values: Mapping[str, Any], source: str) -> None:
+        resolved.update(values)
+        sources.update(dict.fromkeys(values, source))
+
     if logit_stand:
         if not info.supports_logit_stand:
             raise BadInput(f"logit standardization is not defined for {name}; drop --logit-stand")
-        resolved.update(info.presets.get(LS_PRESET, {}))
-        resolved["logit_stand"] = True
+        apply({**info.presets.get(LS_PRESET, {}), "logit_stand": True}, LS_PRESET)
     chosen = _choose_preset(info, preset, logit_stand, teacher, student)
     if chosen is not None:
-        resolved.update(info.presets[chosen])
+        if not force_preset:
+            _check_pair(chosen, teacher, student)
+        apply(info.presets[chosen], f"preset {chosen}")
     for key, value in (overrides or {}).items():
         if key not in params:
             valid = ", ".join(sorted(params)) or "(none)"
             close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise BadInput(f"unknown hyper-parameter {key!r} for {name}: valid are {valid}{hint}")
-        resolved[key] = _coerce(name, params[key], value)
-    return resolved
+        apply({key: _coerce(name, params[key], value)}, "--set")
+    return ResolvedHparams(values=resolved, preset=chosen, sources=sources)
+
+
+def _check_pair(preset: str, teacher: str | None, student: str | None) -> None:
+    """Refuse a pair preset published for other models: its weights were tuned for that pair only."""
+    if preset == LS_PRESET or teacher is None or student is None:
+        return
+    pair = preset.removeprefix(_LS_PAIR_PREFIX)
+    if pair != pair_preset_name(teacher, student):
+        raise BadInput(
+            f"--preset {preset} is the published setting of the pair {pair}, but this run distills {teacher} into "
+            f"{student} (pair {pair_preset_name(teacher, student)}): use --preset auto (or none), or --force-preset "
+            "to apply it anyway"
+        )
 
 
 def compute_loss(

@@ -13,6 +13,7 @@ from logitcache.methods import (
     list_methods,
     register_method,
     resolve_hparams,
+    resolve_method,
 )
 from logitcache.methods._registry import METHODS
 from logitcache.teacher_view import TeacherView
@@ -281,6 +282,34 @@ def test_unknown_preset_lists_the_valid_ones():
     message = str(err.value)
     assert "unknown preset 'resnet56-resnet2' for dkd" in message
     assert "resnet56-resnet20" in message and "ls:vgg13-vgg8" in message and "auto" in message
+
+
+def test_resolve_method_names_the_preset_and_where_each_value_came_from():
+    r = resolve_method("dkd", preset="auto", logit_stand=True, teacher="resnet56", student="resnet20",
+                       overrides={"temperature": "3"})
+    assert r.values == resolve_hparams("dkd", preset="auto", logit_stand=True, teacher="resnet56",
+                                       student="resnet20", overrides={"temperature": "3"})
+    assert r.preset == "ls:resnet56-resnet20"
+    pair = get_method("dkd").presets["ls:resnet56-resnet20"]
+    for key in r.values:
+        expected = ("--set" if key == "temperature" else f"preset {r.preset}" if key in pair
+                    else "ls" if key in {*get_method("dkd").presets["ls"], "logit_stand"} else "default")
+        assert r.sources[key] == expected, key
+    none = resolve_method("dkd", preset="auto", teacher="resnet8", student="resnet8")
+    assert none.preset is None and set(none.sources.values()) == {"default"}
+
+
+@pytest.mark.parametrize("preset", ["resnet56-resnet20", "ls:resnet56-resnet20"])
+def test_a_pair_preset_of_other_models_is_refused_unless_forced(preset):
+    with pytest.raises(BadInput, match=f"--preset {preset} is the published setting of the pair resnet56-resnet20, "
+                                       "but this run distills resnet110 into resnet20 .*--force-preset"):
+        resolve_method("dkd", preset=preset, teacher="resnet110", student="resnet20")
+    forced = resolve_method("dkd", preset=preset, teacher="resnet110", student="resnet20", force_preset=True)
+    assert forced.preset == preset and forced.values["beta"] == get_method("dkd").presets[preset]["beta"]
+    # Its own pair, the generic "ls" preset, or no known pair at all: nothing to refuse.
+    assert resolve_method("dkd", preset=preset, teacher="resnet56", student="resnet20").preset == preset
+    assert resolve_method("dkd", preset="ls", teacher="resnet110", student="resnet20").preset == "ls"
+    assert resolve_method("dkd", preset=preset).preset == preset
 
 
 def test_overrides_come_last_and_are_coerced():
