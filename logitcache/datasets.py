@@ -90,6 +90,10 @@ class ImageDataset:
     def _fingerprint_into(self, h: "hashlib._Hash") -> None:
         raise NotImplementedError
 
+    def subset(self, index: np.ndarray) -> ImageDataset:
+        """The samples ``index`` of this split, in that order (a validation hold-out)."""
+        return SubsetDataset(self, index)
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -140,6 +144,26 @@ class FolderDataset(ImageDataset):
         for rel in self.files:
             h.update(rel.encode())
             h.update((self.root / rel).stat().st_size.to_bytes(8, "little"))
+
+
+class SubsetDataset(ImageDataset):
+    """Some samples of another dataset, read through it: nothing is copied."""
+
+    def __init__(self, parent: ImageDataset, index: np.ndarray) -> None:
+        self.parent, self.index = parent, np.asarray(index, dtype=np.int64)
+        super().__init__(name=parent.name, split=parent.split, num_classes=parent.num_classes,
+                         labels=parent.labels[self.index], normalize=parent.normalize,
+                         train_view=parent.train_view, image_shape=parent.image_shape)
+
+    def images(self, index: np.ndarray) -> Tensor:
+        return self.parent.images(self.index[np.asarray(index, dtype=np.int64)])
+
+    def load(self, i: int) -> Tensor:
+        return self.parent.load(int(self.index[i]))
+
+    def _fingerprint_into(self, h: "hashlib._Hash") -> None:
+        h.update(self.parent.fingerprint.encode())
+        h.update(self.index.astype("<i8").tobytes())
 
 
 # --------------------------------------------------------------------------- registry

@@ -9,6 +9,8 @@ from .datasets import ImageDataset
 from .loader import augmented_batches, clean_batches
 
 ECE_BINS = 15
+# With 5 classes or fewer every label is in the top 5: top-5 would read 100 % whatever the model.
+TOP5_MIN_CLASSES = 6
 
 
 def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = ECE_BINS) -> float:
@@ -27,7 +29,8 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: ImageDataset, *, device: torch.device, batch_size: int = 256,
                    workers: int = 0) -> dict[str, float]:
-    """Accuracy (%) and calibration of ``model`` on the clean images of ``dataset``.
+    """Accuracy (%) and calibration of ``model`` on the clean images of ``dataset``: ``top1``,
+    ``top5`` (only with ``TOP5_MIN_CLASSES`` or more classes), ``nll`` and ``ece``.
 
     The model is put in eval mode for the pass and returned to its previous mode.
     """
@@ -44,10 +47,10 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, *, device: torch.dev
     labels = torch.from_numpy(dataset.labels)
     probs = logits.softmax(dim=1)
     confidence, pred = probs.max(dim=1)
-    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    return {
-        "top1": 100.0 * float((pred == labels).double().mean()),
-        "top5": 100.0 * float((top5 == labels[:, None]).any(dim=1).double().mean()),
-        "nll": float(torch.nn.functional.cross_entropy(logits, labels)),
-        "ece": expected_calibration_error(confidence, pred == labels),
-    }
+    metrics = {"top1": 100.0 * float((pred == labels).double().mean())}
+    if logits.shape[1] >= TOP5_MIN_CLASSES:
+        top5 = logits.topk(5, dim=1).indices
+        metrics["top5"] = 100.0 * float((top5 == labels[:, None]).any(dim=1).double().mean())
+    metrics["nll"] = float(torch.nn.functional.cross_entropy(logits, labels))
+    metrics["ece"] = expected_calibration_error(confidence, pred == labels)
+    return metrics
