@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from logitcache.datasets import open_dataset
@@ -170,8 +171,9 @@ class _Mode:
         self.optimizer.state.clear()
         self.hook = hook
         epoch_views = self.views.for_epoch("cycle", 1, self.config.seed)
-        _train_epoch(self.model, self.loss_fn, self.hparams, train_set, view_spec, self.views, epoch_views,
-                     self.reader, self.teacher, self.config, 1, self.optimizer, self.device, 0, 1)
+        _train_epoch(self.model, self.loss_fn, self.hparams, train_set, np.arange(len(train_set)), view_spec,
+                     self.views, epoch_views, self.reader, self.teacher, self.config, 1, self.optimizer, self.device,
+                     0, 1)
 
 
 def _loss_seconds(method: str, device: torch.device, reps: int = 300) -> float:

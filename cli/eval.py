@@ -19,9 +19,17 @@ def eval_command(
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Report top-1/top-5 accuracy, NLL and expected calibration error on clean images."""
-    m = evaluate_checkpoint(model, checkpoint, dataset, split=split, data_root=data_root, device=device)
-    typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  NLL {m['nll']:.4f}  ECE {m['ece']:.4f}")
+    """Report top-1/top-5 accuracy, NLL and expected calibration error on clean images.
+
+    Top-5 is left out for datasets of fewer than 6 classes, where it is always 100 %.
+    """
+    e = evaluate_checkpoint(model, checkpoint, dataset, split=split, data_root=data_root, device=device)
+    for warning in e.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"{e.model} on {e.dataset} {e.split}: {e.images:,} images, {e.num_classes} classes")
+    m = e.metrics
+    top5 = f"  top-5 {m['top5']:.2f}%" if "top5" in m else ""
+    typer.echo(f"top-1 {m['top1']:.2f}%{top5}  NLL {m['nll']:.4f}  ECE {m['ece']:.4f}")
 
 
 def register(app: typer.Typer) -> None:

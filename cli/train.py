@@ -26,6 +26,7 @@ def train_command(
     random_init_teacher: Annotated[bool, typer.Option(help="Online teacher with seeded random weights (tests only).")] = False,
     data_root: DataRootOpt = None,
     preset: Annotated[str | None, typer.Option(help="Hyper-parameter preset: auto (the published one for this teacher-student pair, if any), a preset name, or none.")] = "auto",
+    force_preset: Annotated[bool, typer.Option(help="Apply a --preset TEACHER-STUDENT to a run of other models (refused otherwise).")] = False,
     logit_stand: Annotated[bool, typer.Option(help="Logit standardization (Sun et al. 2024) with its published weights.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyper-parameter override KEY=VALUE (repeatable); `logitcache methods` lists them.", callback=merge_set)] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 240,
@@ -35,6 +36,7 @@ def train_command(
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 5e-4,
     milestones: Annotated[str | None, typer.Option(help="Comma-separated epochs where lr is multiplied by --lr-decay [default: 62.5/75/87.5 % of --epochs].")] = None,
     lr_decay: Annotated[float, typer.Option(help="Learning-rate factor at each milestone.")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(help="Hold out this share of the training images (seeded by --seed, never trained on) and pick best.pt by accuracy on it [default: 0, best.pt by test accuracy].")] = 0.0,
     view_policy: Annotated[str, typer.Option(help="cycle (view e mod V in epoch e) or random (seeded random view per sample and epoch).")] = "cycle",
     views: Annotated[int | None, typer.Option(help="Without a cache: views to derive [default: one per epoch].")] = None,
     view_seed: Annotated[int, typer.Option(help="Without a cache: the seed views derive from (as dump --seed).")] = 0,
@@ -43,6 +45,7 @@ def train_command(
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     sync_bn: Annotated[bool, typer.Option(help="Under torchrun: BatchNorm statistics over the global batch, so N processes train what one process would; --no-sync-bn normalises each process's share (plain DDP, faster, most on CPUs).")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+    log: Annotated[list[str] | None, typer.Option(help="Also log metrics to tensorboard (<out>/tensorboard) or wandb (offline, <out>/wandb); repeatable; needs pip install 'logitcache[tensorboard]' / '[wandb]'.")] = None,
     config: Annotated[str | None, typer.Option(help="TOML file of options (keys as option names, hyper-parameters under set); command-line options win, --set key by key.", is_eager=True, callback=load_config)] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,10 +63,11 @@ def train_command(
     cfg = TrainConfig(
         student=student, dataset=dataset, out=out, method=method, data_root=data_root, cache=cache,
         teacher_online=teacher_online, teacher=teacher, checkpoint=checkpoint, random_init_teacher=random_init_teacher,
-        preset=None if preset in (None, "none") else preset, logit_stand=logit_stand, overrides=tuple(set_ or ()),
-        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=stones,
-        lr_decay=lr_decay, view_policy=view_policy, views=views, view_seed=view_seed, seed=seed, device=device,
-        workers=workers, sync_bn=sync_bn, resume=resume, progress=not quiet,
+        preset=None if preset in (None, "none") else preset, force_preset=force_preset, logit_stand=logit_stand,
+        overrides=tuple(set_ or ()), epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, milestones=stones, lr_decay=lr_decay, val_fraction=val_fraction,
+        view_policy=view_policy, views=views, view_seed=view_seed, seed=seed, device=device, workers=workers,
+        sync_bn=sync_bn, resume=resume, progress=not quiet, log=tuple(log or ()),
     )
     # Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes and prints.
     with distributed_context() as (rank, world):
@@ -71,8 +75,14 @@ def train_command(
     if rank:
         return
     hp = ", ".join(f"{k}={v}" for k, v in result.hparams.items())
-    typer.echo(f"{method}" + (f" ({hp})" if hp else "") + f": best test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, "
-               f"last {result.last_acc:.2f}%, {result.seconds:.1f} s; teacher forwards saved {result.teacher_forwards_saved:,}")
+    if result.selection == "val":
+        chosen = (f"test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, best by validation accuracy "
+                  f"({result.best_val_acc:.2f}% on {result.val_samples:,} held-out training images)")
+    else:
+        chosen = (f"test top-1 {result.best_acc:.2f}% at epoch {result.best_epoch}, best by test accuracy "
+                  "(optimistic: selected on the test set)")
+    typer.echo(f"{method}" + (f" ({hp})" if hp else "") + f": {chosen}; last {result.last_acc:.2f}%, "
+               f"{result.seconds:.1f} s; teacher forwards saved {result.teacher_forwards_saved:,}")
     typer.echo(f"run saved in {result.out}")
 
 

@@ -9,7 +9,12 @@ read for the teacher's forward pass on the same batch; nothing else changes.
 
 The defaults are the mdistiller CIFAR recipe: SGD momentum 0.9, weight decay 5e-4, batch 64,
 240 epochs, lr 0.05 (0.01 for MobileNetV2/ShuffleNet students) decayed ×0.1 at 62.5 %, 75 %
-and 87.5 % of training (epochs 150, 180, 210 of 240).
+and 87.5 % of training (epochs 150, 180, 210 of 240). A shorter run keeps those fractions (each
+decay once, inside the run) and shortens a method's default warm-up in proportion.
+
+``best.pt`` is the epoch with the best test accuracy (as in mdistiller: optimistic, since the
+test set then selects the model), or with ``val_fraction`` the best accuracy on a seeded
+hold-out of the training split that is never trained on.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from .errors import (
 )
 from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches
-from .methods import get_method, resolve_hparams
+from .loggers import check_loggers, open_loggers
+from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
 from .models import create_model, load_checkpoint, weights_sha256
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
@@ -55,7 +61,11 @@ from .views import ViewSpec, _hash, view_seeds
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 VIEW_POLICIES = ("cycle", "random")
-MILESTONE_FRACTIONS = (150 / 240, 180 / 240, 210 / 240)
+RECIPE_EPOCHS = 240  # the run length the default milestones and warm-ups were published for
+MILESTONE_FRACTIONS = (150 / RECIPE_EPOCHS, 180 / RECIPE_EPOCHS, 210 / RECIPE_EPOCHS)
+WARMUP_KEY = "warmup"  # the methods' hyper-parameter of linear KD warm-up, in epochs
+# The hold-out's random stream: epoch orders use [seed, epoch] with 1-based epochs, so 0 is free.
+_HOLDOUT_STREAM = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +83,7 @@ class TrainConfig:
     checkpoint: str | None = None
     random_init_teacher: bool = False
     preset: str | None = "auto"
+    force_preset: bool = False  # apply a pair preset published for another teacher/student pair
     logit_stand: bool = False
     overrides: tuple[str, ...] = ()  # "key=value" hyper-parameter settings
     epochs: int = 240
@@ -82,6 +93,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] | None = None  # None: 62.5/75/87.5 % of epochs
     lr_decay: float = 0.1
+    val_fraction: float = 0.0  # > 0: select best.pt on this share of the training split, never trained on
     view_policy: str = "cycle"
     views: int | None = None  # without a cache: augmented views to derive (None: one per epoch)
     view_seed: int = 0  # without a cache: the seed views are derived from, as a dump would
@@ -91,6 +103,7 @@ class TrainConfig:
     sync_bn: bool = True  # under torchrun: BatchNorm over the global batch (else each rank's share)
     resume: bool = False
     progress: bool = True
+    log: tuple[str, ...] = ()  # experiment loggers beside metrics.jsonl: "tensorboard", "wandb"
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -98,14 +111,17 @@ class TrainConfig:
         return 0.01 if self.student in SMALL_LR_STUDENTS else 0.05
 
     def resolved_milestones(self) -> tuple[int, ...]:
+        """Epochs after which lr is multiplied by ``lr_decay``: increasing, each inside the run."""
         if self.milestones is not None:
             return tuple(self.milestones)
-        return tuple(max(1, round(f * self.epochs)) for f in MILESTONE_FRACTIONS)
+        # In a short run the fractions round onto one epoch (which would decay twice at once) or
+        # onto the last one (which would do nothing): each decay happens once, inside the run.
+        stones = {round(f * self.epochs) for f in MILESTONE_FRACTIONS}
+        return tuple(sorted(m for m in stones if 1 <= m < self.epochs))
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["overrides"], d["milestones"] = list(self.overrides), self.milestones and list(self.milestones)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass
@@ -119,6 +135,11 @@ class TrainResult:
     teacher_forwards_saved: int
     teacher_forwards_run: int
     hparams: dict[str, Any] = field(default_factory=dict)
+    # "test": best_acc is the best test accuracy (optimistic); "val": best_epoch is the best on the
+    # hold-out (best_val_acc) and best_acc the test accuracy at that epoch.
+    selection: str = "test"
+    best_val_acc: float | None = None
+    val_samples: int = 0
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -185,8 +206,11 @@ def train(config: TrainConfig, *, rank: int = 0, world_size: int = 1,
 
     ``config.json`` (resolved config, and the cache and teacher weights really used),
     ``metrics.jsonl`` (one line per epoch), ``last.pt`` (model, optimizer, scheduler, RNG, epoch:
-    for ``resume``), ``best.pt`` (weights of the best test epoch, loadable as a checkpoint
-    anywhere) and ``summary.json``. Rank 0 holds the run folder's lock (``runs``) throughout.
+    for ``resume``), ``best.pt`` (weights of the best epoch, by validation accuracy with
+    ``val_fraction`` else by test accuracy, loadable as a checkpoint anywhere) and
+    ``summary.json``. Rank 0 holds the run folder's lock (``runs``) throughout. The resolved
+    settings (schedule, method, preset, hyper-parameters, selection) are said via ``echo`` before
+    the first epoch.
 
     A method that needs a teacher, given neither ``cache`` nor ``teacher_online``, uses the
     matching cache in the cache home (``cache_home.find_cache``; with ``checkpoint``, the cache of
@@ -214,10 +238,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     if sources.line:
         echo(sources.line)
     reader, teacher = sources.reader, sources.teacher
-    hparams = resolve_hparams(
-        config.method, overrides=parse_overrides(config.overrides), preset=config.preset,
-        logit_stand=config.logit_stand, teacher=sources.teacher_name, student=config.student,
-    )
+    resolved = _resolve_method(config, sources.teacher_name)
+    hparams = resolved.values
+    train_samples, val_set = _holdout(train_set, config)
     view_spec = ViewSpec.from_json(reader.spec.views.augmentation) if reader else train_set.train_view
     views = _Views(len(train_set), reader, config)
 
@@ -235,7 +258,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         cleanup.enter_context(run_folder_lock(out))  # a run going on in there is refused first
     start_epoch, state = _prepare_out(out, config, is_main, saved)
     barrier()  # every rank has checked the run folder before rank 0 writes into it
-    best = {"acc": -1.0, "epoch": 0}
+    best = {"score": -1.0, "acc": -1.0, "epoch": 0}  # score: the selection's accuracy (val, else test)
     # A resumed run reports the whole run: the killed process's accuracy, time and forwards carry over.
     last_acc, forwards_run, seconds_before = float("nan"), 0, 0.0
     if state is not None:
@@ -243,11 +266,21 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        best = {"acc": state["best_acc"], "epoch": state["best_epoch"]}
+        # A state from before --val-fraction selected on test: its score is its best test accuracy.
+        best = {"score": state.get("best_score", state["best_acc"]), "acc": state["best_acc"],
+                "epoch": state["best_epoch"]}
         last_acc = state.get("last_acc", last_acc)
         forwards_run, seconds_before = state.get("forwards_run", 0), state.get("seconds", 0.0)
+    loggers = []
     if is_main:
-        _utils.atomic_write_json(out / "config.json", _config_record(config, hparams, sources, device))
+        record = {**_config_record(config, hparams, sources, device),
+                  **_settings_record(config, resolved, train_set, test_set, val_set)}
+        _utils.atomic_write_json(out / "config.json", record)
+        loggers = open_loggers(config.log, out, record)
+        for logger in loggers:  # closed however the run ends
+            cleanup.callback(logger.close)
+    echo(_settings_block(config, resolved, sources.teacher_name if method.needs_teacher else None, val_set,
+                         len(train_set)))
 
     wall = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -255,27 +288,30 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         if reader is not None and config.view_policy == "cycle" and epoch < config.epochs:
             reader.prefetch(int(views.for_epoch("cycle", epoch + 1, config.seed)[0]))
         stats, forwards = _train_epoch(
-            model, method.fn, hparams, train_set, view_spec, views, epoch_views, reader, teacher,
+            model, method.fn, hparams, train_set, train_samples, view_spec, views, epoch_views, reader, teacher,
             config, epoch, optimizer, device, rank, world_size,
         )
         forwards_run += forwards
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         test = evaluate_model(student, test_set, device=device)
-        last_acc = test["top1"]
-        if last_acc > best["acc"]:
-            best = {"acc": last_acc, "epoch": epoch}
+        val = None if val_set is None else evaluate_model(student, val_set, device=device)
+        last_acc, score = test["top1"], (test if val is None else val)["top1"]
+        if score > best["score"]:
+            best = {"score": score, "acc": last_acc, "epoch": epoch}
             if is_main:
                 _utils.atomic_torch_save({"model": student.state_dict(), "epoch": epoch, "acc": last_acc}, out / "best.pt")
         if is_main:
-            record = {"epoch": epoch, "lr": lr, **stats,
+            record = {"epoch": epoch, "lr": lr, **stats, **{f"val_{k}": v for k, v in (val or {}).items()},
                       **{f"test_{k}": v for k, v in test.items()}}
             _append_metrics(out / "metrics.jsonl", record)
-            echo(_epoch_line(epoch, config.epochs, stats, test, best, lr))
+            for logger in loggers:
+                logger.log(record, epoch)
+            echo(_epoch_line(epoch, config.epochs, stats, test, val, best, lr))
             _utils.atomic_torch_save({
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-                "best_acc": best["acc"], "best_epoch": best["epoch"], "last_acc": last_acc,
+                "best_acc": best["acc"], "best_epoch": best["epoch"], "best_score": best["score"], "last_acc": last_acc,
                 "forwards_run": forwards_run, "seconds": seconds_before + time.perf_counter() - wall,
             }, out / "last.pt")
     seconds = seconds_before + time.perf_counter() - wall
@@ -283,7 +319,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     result = TrainResult(
         out=str(out), best_acc=best["acc"], best_epoch=best["epoch"], last_acc=last_acc, epochs=config.epochs,
         seconds=seconds, hparams=hparams, teacher_forwards_run=forwards_run,
-        teacher_forwards_saved=len(train_set) * config.epochs if uses_cache else 0,
+        teacher_forwards_saved=len(train_samples) * config.epochs if uses_cache else 0,
+        selection="test" if val_set is None else "val", best_val_acc=None if val_set is None else best["score"],
+        val_samples=0 if val_set is None else len(val_set),
     )
     if is_main:
         _utils.atomic_write_json(out / "summary.json", dataclasses.asdict(result))
@@ -297,6 +335,117 @@ def _validate(config: TrainConfig) -> None:
         raise BadInput(f"unknown --view-policy {config.view_policy!r}: use {' or '.join(VIEW_POLICIES)}")
     if config.cache and config.views is not None:
         raise BadInput("--views is taken from the cache: drop it (or drop --cache)")
+    _check_milestones(config)
+    if not 0 <= config.val_fraction < 1:
+        raise BadInput(f"--val-fraction must be in [0, 1) (the share of training images held out), "
+                       f"got {config.val_fraction}")
+    check_loggers(config.log)
+
+
+def _check_milestones(config: TrainConfig) -> None:
+    stones = config.milestones
+    if stones is None:
+        return
+    if any(b <= a for a, b in zip(stones, stones[1:])):
+        raise BadInput(f"--milestones {','.join(map(str, stones))} must increase and name each epoch once "
+                       "(a repeated epoch would decay lr twice at once; set --lr-decay for a larger step)")
+    outside = [m for m in stones if not 1 <= m < config.epochs]
+    if outside:
+        raise BadInput(f"--milestones {','.join(map(str, outside))} outside the run of --epochs {config.epochs}: lr "
+                       f"decays after a milestone epoch, so each must be in 1..{config.epochs - 1}")
+
+
+def _resolve_method(config: TrainConfig, teacher: str | None) -> ResolvedHparams:
+    """The run's hyper-parameters, with a default warm-up fitted to the run length.
+
+    A published warm-up (DKD's 20 epochs of 240) would outlast a short run, whose KD terms then
+    never reach full weight: a warm-up left at its default keeps its share of the recipe
+    (shortened in proportion, at least one epoch; never lengthened); one set by hand or by a
+    preset is kept, and refused when longer than the run.
+    """
+    resolved = resolve_method(config.method, overrides=parse_overrides(config.overrides), preset=config.preset,
+                              logit_stand=config.logit_stand, teacher=teacher, student=config.student,
+                              force_preset=config.force_preset)
+    warmup = resolved.values.get(WARMUP_KEY)
+    if warmup is None or warmup <= 0:
+        return resolved
+    if resolved.sources[WARMUP_KEY] != "default":
+        if warmup > config.epochs:
+            raise BadInput(f"warmup={warmup} ({resolved.sources[WARMUP_KEY]}) is longer than --epochs {config.epochs}: "
+                           f"the KD terms would never reach full weight; use --set warmup=N with N <= {config.epochs} "
+                           "(0 disables it)")
+        return resolved
+    fitted = min(warmup, max(1, round(warmup * config.epochs / RECIPE_EPOCHS)))
+    if fitted == warmup:
+        return resolved
+    return dataclasses.replace(
+        resolved, values={**resolved.values, WARMUP_KEY: fitted},
+        sources={**resolved.sources, WARMUP_KEY: f"default {warmup} of {RECIPE_EPOCHS} epochs, scaled to the run"},
+    )
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training samples, held-out samples), each sorted: a pure function of (n, fraction, seed),
+    so a resumed run holds out the same samples."""
+    count = round(fraction * n)
+    perm = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(n)
+    return np.sort(perm[count:]), np.sort(perm[:count])
+
+
+def _holdout(train_set: ImageDataset, config: TrainConfig) -> tuple[np.ndarray, ImageDataset | None]:
+    """The samples trained on, and the validation hold-out (None without ``val_fraction``)."""
+    n = len(train_set)
+    if config.val_fraction == 0:
+        return np.arange(n), None
+    train_samples, held_out = holdout_split(n, config.val_fraction, config.seed)
+    if len(held_out) < 1 or len(train_samples) < 2:
+        raise BadInput(f"--val-fraction {config.val_fraction} of {n} training images holds out {len(held_out)}: "
+                       "choose a fraction that leaves at least one image to validate on and two to train on")
+    return train_samples, train_set.subset(held_out)
+
+
+def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: ImageDataset,
+                     test_set: ImageDataset, val_set: ImageDataset | None) -> dict[str, Any]:
+    """What config.json records beside the options: preset, value sources, selection and the data."""
+    return {
+        "preset": resolved.preset,
+        "hparam_sources": resolved.sources,
+        "selection": {"by": "test"} if val_set is None else {
+            "by": "val", "fraction": config.val_fraction, "seed": config.seed, "samples": len(val_set),
+            "fingerprint": val_set.fingerprint,
+        },
+        "data": {"train": train_set.describe(), "test": test_set.describe()},
+    }
+
+
+def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str | None,
+                    val_set: ImageDataset | None, n_train: int) -> str:
+    """The resolved settings, said once before the first epoch: what a default or preset chose is
+    otherwise invisible."""
+    stones = config.resolved_milestones()
+    decay = (f"x{config.lr_decay:g} after epoch{'s' if len(stones) > 1 else ''} {', '.join(map(str, stones))}"
+             if stones else "no decay")
+    origin = "" if config.milestones is not None else (
+        f" (default: {', '.join(f'{f:.1%}' for f in MILESTONE_FRACTIONS)} of {config.epochs} epochs, each once, inside the run)")
+    preset = resolved.preset or "none"
+    if config.preset == AUTO_PRESET and teacher is not None:
+        preset += (f" (auto: the published setting for {teacher} -> {config.student})" if resolved.preset else
+                   f" (auto: {config.method} has no published setting for {teacher} -> {config.student})")
+    hparams = ", ".join(f"{k}={v}" + ("" if resolved.sources[k] == "default" else f" [{resolved.sources[k]}]")
+                        for k, v in resolved.values.items()) or "(none)"
+    if val_set is None:
+        selection = "best.pt by test accuracy (optimistic: selected on the test set; --val-fraction F holds out a validation split)"
+    else:
+        selection = (f"best.pt by validation accuracy on {len(val_set)} of {n_train} training images "
+                     f"(--val-fraction {config.val_fraction:g}, seed {config.seed}), never trained on")
+    return "\n".join([
+        "settings:",
+        f"  schedule   {config.epochs} epochs, lr {config.resolved_lr():g} {decay}{origin}, SGD momentum "
+        f"{config.momentum:g}, weight decay {config.weight_decay:g}, batch {config.batch_size}",
+        f"  method     {config.method}, preset {preset}",
+        f"  hparams    {hparams}",
+        f"  selection  {selection}",
+    ])
 
 
 def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConfig) -> None:
@@ -542,22 +691,28 @@ def _wrap_distributed(student: nn.Module, device: torch.device, world_size: int,
 
 
 def _epoch_line(epoch: int, epochs: int, stats: dict[str, float], test: dict[str, float],
-                best: dict[str, float], lr: float) -> str:
+                val: dict[str, float] | None, best: dict[str, float], lr: float) -> str:
     # One line per epoch survives in logs (Slurm, nohup) where progress bars are carriage-return noise.
     terms = ", ".join(f"{k[len('train_'):]} {v:.3f}" for k, v in stats.items()
                       if k.startswith("train_") and k not in ("train_loss", "train_acc"))
+    if val is None:
+        scores = f"test {test['top1']:.2f}% (best {best['acc']:.2f}% @{best['epoch']})"
+    else:
+        scores = (f"val {val['top1']:.2f}%  test {test['top1']:.2f}% "
+                  f"(best val {best['score']:.2f}% @{best['epoch']}: test {best['acc']:.2f}%)")
     return (f"epoch {epoch}/{epochs}  loss {stats['train_loss']:.3f}" + (f" ({terms})" if terms else "")
-            + f"  train {stats['train_acc']:.2f}%  test {test['top1']:.2f}% (best {best['acc']:.2f}% @{best['epoch']})"
+            + f"  train {stats['train_acc']:.2f}%  {scores}"
             + f"  lr {lr:g}  {stats['samples_per_second']:,.0f} img/s  {stats['seconds']:.1f} s")
 
 
 _SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, NaN check)
 
 
-def _train_epoch(model, loss_fn, hparams, train_set, view_spec, views, epoch_views, reader, teacher, config,
-                 epoch, optimizer, device, rank, world_size) -> tuple[dict[str, float], int]:
+def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, views, epoch_views, reader, teacher,
+                 config, epoch, optimizer, device, rank, world_size) -> tuple[dict[str, float], int]:
     model.train()
-    order = epoch_order(config.seed, epoch, len(train_set))
+    # Without a hold-out train_samples is arange(N), and the order is the plain epoch permutation.
+    order = train_samples[epoch_order(config.seed, epoch, len(train_samples))]
     batches = global_batches(order, config.batch_size)
     # Running sums stay on the device: reading them back each step would make the host wait for
     # the GPU every step, so they are read only every _SYNC_EVERY steps and at the end.
@@ -627,20 +782,52 @@ def _teacher_view(reader, teacher, views, samples, images, target, device) -> Te
     return None
 
 
+@dataclass
+class Evaluation:
+    """What ``evaluate_checkpoint`` measured, and on what."""
+
+    model: str
+    dataset: str
+    split: str
+    images: int
+    num_classes: int
+    metrics: dict[str, float]  # top1, top5 (only with 6 or more classes), nll, ece
+    warnings: list[str] = field(default_factory=list)
+
+
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, dataset: str, *, split: str = "test",
-                        data_root: str | None = None, device: str = "auto") -> dict[str, float]:
+                        data_root: str | None = None, device: str = "auto") -> Evaluation:
     """Top-1/top-5 (%), NLL and ECE of a checkpoint on the clean images of a dataset split.
 
     Without ``model_name``, the checkpoint must lie in a ``train`` run folder, whose
-    ``config.json`` names the model.
+    ``config.json`` names the model. A checkpoint in a run folder is checked against the data
+    that run recorded: another class count is refused, other images are a warning.
     """
     if model_name is None:
         model_name = _run_model(Path(checkpoint))
     dev = _utils.resolve_device(device)
     data = open_dataset(dataset, split, data_root=data_root)
+    warnings = _check_run_data(Path(checkpoint), data)
     model = create_model(model_name, num_classes=data.num_classes)
     load_checkpoint(model, checkpoint)
-    return evaluate_model(model.to(dev), data, device=dev)
+    return Evaluation(model=model_name, dataset=data.name, split=split, images=len(data), num_classes=data.num_classes,
+                      metrics=evaluate_model(model.to(dev), data, device=dev), warnings=warnings)
+
+
+def _check_run_data(checkpoint: Path, data: ImageDataset) -> list[str]:
+    """Compare ``data`` with the split the checkpoint's run recorded (runs before this record: no check)."""
+    ran = ((_saved_run(checkpoint.parent) or {}).get("data") or {}).get(data.split)
+    if not isinstance(ran, dict):
+        return []
+    run = checkpoint.parent
+    if ran.get("num_classes") != data.num_classes:
+        raise BadInput(f"{data.name} has {data.num_classes} classes but the run in {run} trained on {ran.get('name')} "
+                       f"with {ran.get('num_classes')}: evaluate on the run's dataset (--dataset {ran.get('name')})")
+    if ran.get("fingerprint") != data.fingerprint:
+        return [f"{data.name} {data.split} ({len(data):,} images, fingerprint {data.fingerprint[:12]}) is not the "
+                f"{ran.get('name')} {data.split} split the run in {run} recorded ({ran.get('num_samples'):,} images, "
+                f"fingerprint {str(ran.get('fingerprint'))[:12]}): these numbers are on other data"]
+    return []
 
 
 def _run_model(checkpoint: Path) -> str:

@@ -49,7 +49,7 @@ def test_two_processes_match_one(caches, tmp_path, case, run_script):
     assert diff < 1e-5, diff
     # Rank 0 alone wrote the run folder, once per epoch.
     assert (multi / "metrics.jsonl").read_text().count("\n") == 1
-    assert "best test top-1" in two.stdout and two.stdout.count("run saved in") == 1
+    assert "best by test accuracy" in two.stdout and two.stdout.count("run saved in") == 1
 
 
 def test_no_sync_bn_normalises_each_share(caches, tmp_path, run_script):

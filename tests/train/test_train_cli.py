@@ -40,7 +40,8 @@ def test_ce_trains_without_a_teacher_and_eval_reads_its_checkpoint(tmp_path, run
                     "--device", "cpu", "--quiet", "--out", out])
     assert done.code == 0, done.err
     assert f"run saved in {out}" in done.out and "teacher forwards saved 0" in done.out
-    assert done.out.startswith("epoch 1/2  loss ")  # one line per epoch, kept in logs even with --quiet
+    # The resolved settings, then one line per epoch, kept in logs even with --quiet.
+    assert done.out.startswith("settings:\n") and "\nepoch 1/2  loss " in done.out
     for record in read_metrics(out):
         assert (f"epoch {record['epoch']}/2  loss {record['train_loss']:.3f} (ce {record['train_ce']:.3f})  "
                 f"train {record['train_acc']:.2f}%  test {record['test_top1']:.2f}%") in done.out
@@ -50,7 +51,8 @@ def test_ce_trains_without_a_teacher_and_eval_reads_its_checkpoint(tmp_path, run
     shown = run_cli(["eval", "--model", "resnet8", "--checkpoint", out / "best.pt", "--dataset", "digits",
                      "--device", "cpu"])
     assert shown.code == 0, shown.err
-    m = re.fullmatch(r"top-1 ([\d.]+)%  top-5 ([\d.]+)%  NLL ([\d.]+)  ECE ([\d.]+)\n", shown.out)
+    m = re.fullmatch(r"resnet8 on digits test: 359 images, 10 classes\n"
+                     r"top-1 ([\d.]+)%  top-5 ([\d.]+)%  NLL ([\d.]+)  ECE ([\d.]+)\n", shown.out)
     assert m, shown.out
     top1, top5, nll, ece = map(float, m.groups())
     # The checkpoint is the best epoch's model: the run measured the same accuracy on the same images.
@@ -257,9 +259,22 @@ def test_preset_auto_picks_the_pair_preset_of_the_caches_teacher(make_cache, tmp
     assert done.code == 0, done.err
     saved = _config(out)
     assert saved["teacher"]["name"] == teacher and saved["teacher"]["logits"] == "cache"
-    assert saved["hparams"] == {**get_method("dkd").defaults(), **expected}
+    # The default warm-up of 20 epochs is fitted to this 1-epoch run.
+    assert saved["hparams"] == {**get_method("dkd").defaults(), **expected, "warmup": 1}
     if preset == "auto":
-        assert saved["hparams"] == resolve_hparams("dkd", preset=f"{teacher}-{student}")
+        assert saved["hparams"] == {**resolve_hparams("dkd", preset=f"{teacher}-{student}"), "warmup": 1}
+    # Which preset was applied is said before the first epoch and recorded, with every value's origin.
+    applied = f"{teacher}-{student}" if preset == "auto" else None
+    assert saved["preset"] == applied
+    method_line = next(line for line in done.out.splitlines() if line.startswith("  method "))
+    assert method_line == f"  method     dkd, preset {applied or 'none'}" + (
+        f" (auto: the published setting for {teacher} -> {student})" if applied else "")
+    sources = {**dict.fromkeys(saved["hparams"], "default"), **dict.fromkeys(expected, f"preset {applied}"),
+               "warmup": "default 20 of 240 epochs, scaled to the run"}
+    assert saved["hparam_sources"] == sources
+    hparams_line = next(line for line in done.out.splitlines() if line.startswith("  hparams "))
+    for key, value in saved["hparams"].items():
+        assert f"{key}={value}" + ("" if sources[key] == "default" else f" [{sources[key]}]") in hparams_line
 
 
 def test_logit_stand_applies_the_published_pair_setting(make_cache, tmp_path, run_cli):

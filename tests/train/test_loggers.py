@@ -1,0 +1,101 @@
+"""``--log tensorboard`` / ``--log wandb`` beside metrics.jsonl: optional, lazily imported, and a
+missing package is one error line naming the extra to install.
+
+TensorBoard is tested for real (its event file read back); wandb is not installed in the test
+environment, so its offline logger is tested against a stub module that records the calls."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from train_helpers import read_metrics
+
+SYNTHETIC = "synthetic:n=64,size=8"
+BASE = ["--method", "ce", "--student", "resnet8", "--dataset", SYNTHETIC, "--device", "cpu", "--quiet"]
+
+
+def test_tensorboard_event_file_holds_every_metric_of_every_epoch(tmp_path, run_cli):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    done = run_cli(["train", *BASE, "--epochs", "2", "--val-fraction", "0.25", "--log", "tensorboard", "--out", out])
+    assert done.code == 0, done.err
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    metrics = read_metrics(out)
+    keys = [k for k in metrics[0] if k != "epoch"]
+    assert "val_top1" in keys and "test_top1" in keys and "train_loss" in keys
+    assert sorted(events.Tags()["scalars"]) == sorted(keys)
+    for key in keys:
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([m[key] for m in metrics], rel=1e-6), key
+
+
+class _StubWandb(types.ModuleType):
+    """Records what the logger asks of wandb."""
+
+    def __init__(self) -> None:
+        super().__init__("wandb")
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        stub = self
+
+        class Run:
+            def log(self, metrics, step):
+                stub.logged.append((step, metrics))
+
+            def finish(self):
+                stub.finished += 1
+
+        return Run()
+
+
+def test_wandb_logs_offline_into_the_run_folder(tmp_path, run_cli, monkeypatch):
+    stub = _StubWandb()
+    monkeypatch.setitem(sys.modules, "wandb", stub)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "run"
+    done = run_cli(["train", *BASE, "--epochs", "2", "--log", "wandb", "--out", out])
+    assert done.code == 0, done.err
+    (init,) = stub.inits
+    assert (init["mode"], init["dir"], init["config"]["config"]["log"]) == ("offline", str(out), ["wandb"])
+    metrics = read_metrics(out)
+    assert stub.logged == [(m["epoch"], {k: v for k, v in m.items() if k != "epoch"}) for m in metrics]
+    assert stub.finished == 1
+
+
+@pytest.mark.parametrize(("name", "module"), [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, run_cli, monkeypatch, name, module):
+    monkeypatch.setitem(sys.modules, module, None)  # import then raises ImportError, as when not installed
+    out = tmp_path / "run"
+    refused = run_cli(["train", *BASE, "--epochs", "1", "--log", name, "--out", out])
+    assert refused.code == 2
+    assert refused.err == f"error: --log {name} needs the {name} package: pip install 'logitcache[{name}]'\n"
+    assert not out.exists()
+
+
+def test_an_unknown_logger_is_refused(tmp_path, run_cli):
+    refused = run_cli(["train", *BASE, "--epochs", "1", "--log", "mlflow", "--out", tmp_path / "run"])
+    assert refused.code == 2 and "unknown --log 'mlflow': use tensorboard or wandb" in refused.err
+
+
+def test_loggers_are_imported_only_when_asked_for(tmp_path):
+    code = f"""
+import sys
+import logitcache, logitcache.train
+from logitcache.train import TrainConfig, train
+train(TrainConfig(method="ce", student="resnet8", dataset="{SYNTHETIC}", epochs=1, device="cpu", workers=0,
+                  progress=False, out={str(tmp_path / 'run')!r}))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorboard", "wandb") or m.startswith("torch.utils.tensorboard"))
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
