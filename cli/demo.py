@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -25,10 +26,12 @@ def demo_command(
     print one table. Runs in a few minutes on two CPU cores; everything stays on disk."""
     config = DemoConfig(out=out, teacher_epochs=teacher_epochs, student_epochs=student_epochs, views=views,
                         device=device, overwrite=overwrite, progress=not quiet)
+    start = time.perf_counter()
     rows = run_demo(config, echo=typer.echo)
     typer.echo("")
     typer.echo(render_table(rows))
     typer.echo(f"\nruns, cache and demo_results.json are in {out}")
+    typer.echo(f"the demo took {time.perf_counter() - start:.0f} s")
 
 
 def register(app: typer.Typer) -> None:
