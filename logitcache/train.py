@@ -335,11 +335,24 @@ def _validate(config: TrainConfig) -> None:
         raise BadInput(f"unknown --view-policy {config.view_policy!r}: use {' or '.join(VIEW_POLICIES)}")
     if config.cache and config.views is not None:
         raise BadInput("--views is taken from the cache: drop it (or drop --cache)")
+    _check_optimizer(config)
     _check_milestones(config)
     if not 0 <= config.val_fraction < 1:
         raise BadInput(f"--val-fraction must be in [0, 1) (the share of training images held out), "
                        f"got {config.val_fraction}")
     check_loggers(config.log)
+
+
+def _check_optimizer(config: TrainConfig) -> None:
+    # Each is refused here in one line; SGD would raise a bare ValueError for some and silently
+    # train nothing (lr 0) or diverge (a negative --lr-decay) with others. NaN fails every test.
+    checks = [("--lr", config.resolved_lr(), "> 0", lambda v: v > 0),
+              ("--momentum", config.momentum, "in [0, 1)", lambda v: 0 <= v < 1),
+              ("--weight-decay", config.weight_decay, ">= 0", lambda v: v >= 0),
+              ("--lr-decay", config.lr_decay, "in (0, 1]", lambda v: 0 < v <= 1)]
+    for option, value, want, ok in checks:
+        if not (math.isfinite(value) and ok(value)):
+            raise BadInput(f"{option} must be {want}, got {value:g}")
 
 
 def _check_milestones(config: TrainConfig) -> None:
@@ -614,7 +627,7 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool, resumed: dict | 
         # A setting the run's config.json predates had its default then.
         defaults = TrainConfig(student="", dataset="", out="").to_json()
         diffs = [f"{_option_name(k)} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in config.to_json().items()
-                 if k not in ("resume", "progress", "device", "workers") and saved.get(k, defaults[k]) != v]
+                 if k not in ("resume", "progress", "device", "workers", "log") and saved.get(k, defaults[k]) != v]
         if diffs:
             raise BadInput(f"--resume with other settings than the run in {out} ({', '.join(diffs)}): use the same options")
         if not last.exists():  # stopped before its first epoch ended: run it again from the start

@@ -6,6 +6,7 @@ environment, so its offline logger is tested against a stub module that records 
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import types
@@ -35,6 +36,30 @@ def test_tensorboard_event_file_holds_every_metric_of_every_epoch(tmp_path, run_
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([m[key] for m in metrics], rel=1e-6), key
+
+
+def test_a_resumed_run_may_start_logging(synthetic_cache, train_run, monkeypatch):
+    """Loggers do not change what is trained, so --resume accepts another --log."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_module = importlib.import_module("logitcache.train")
+    real, calls = train_module.evaluate_model, []
+
+    def stop_in_epoch_2(*args, **kw):
+        calls.append(1)
+        if len(calls) > 1:  # epoch 1 was evaluated and saved
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate_model", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(method="kd", cache=synthetic_cache, epochs=2)
+    monkeypatch.setattr(train_module, "evaluate_model", real)
+    _, out = train_run(method="kd", cache=synthetic_cache, epochs=2, resume=True, log=("tensorboard",))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("test_top1")] == [2]
 
 
 class _StubWandb(types.ModuleType):

@@ -83,6 +83,25 @@ def test_milestones_that_cannot_act_as_written_are_refused(synthetic_cache, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--lr", "-1", "--lr must be > 0, got -1"),
+    ("--lr", "0", "--lr must be > 0, got 0"),
+    ("--lr", "nan", "--lr must be > 0, got nan"),
+    ("--momentum", "-0.5", "--momentum must be in [0, 1), got -0.5"),
+    ("--momentum", "1", "--momentum must be in [0, 1), got 1"),
+    ("--weight-decay", "-1", "--weight-decay must be >= 0, got -1"),
+    ("--lr-decay", "0", "--lr-decay must be in (0, 1], got 0"),
+    ("--lr-decay", "-1", "--lr-decay must be in (0, 1], got -1"),
+])
+def test_optimizer_settings_sgd_cannot_use_are_refused(tmp_path, run_cli, option, value, message):
+    """Before: a traceback from torch.optim.SGD, or a run that trained nothing (lr 0, lr-decay 0)."""
+    out = tmp_path / "run"
+    refused = run_cli(["train", "--method", "ce", *BASE, "--epochs", "2", option, value, "--out", out])
+    assert refused.code == 2
+    assert _one_error_line(refused.err) == f"error: {message}"
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- warm-up
 @pytest.mark.parametrize("method", ["dkd", "rld", "dkd+loca"])
 def test_the_default_warmup_is_scaled_to_a_short_run(synthetic_cache, train_run, replay_spy, method):
