@@ -108,7 +108,6 @@ def render_table(rows: list[DemoRow]) -> str:
     for r in rows:
         lines.append(f"{r.run:<18} {r.method:<8} {r.source:<7} {r.best_acc:7.2f} {r.last_acc:7.2f} "
                      f"{r.teacher_forwards_run:16,} {r.teacher_forwards_saved:18,}")
-    lines.append("best %: test accuracy of the best epoch, selected on the test set (optimistic); last %: the last "
-                 "epoch's. teacher fwd: teacher passes over a training image that the run made, or that the "
-                 "cache saved it.")
+    lines += ["best %: the best epoch's test accuracy, selected on the test set (optimistic); last %: the last epoch's",
+              "teacher fwd run / saved: teacher passes over a training image that the run made / that the cache spared it"]
     return "\n".join(lines)
