@@ -344,9 +344,10 @@ def _validate(config: TrainConfig) -> None:
 
 
 def _check_optimizer(config: TrainConfig) -> None:
-    # Each is refused here in one line; SGD would raise a bare ValueError for some and silently
-    # train nothing (lr 0) or diverge (a negative --lr-decay) with others. NaN fails every test.
-    checks = [("--lr", config.resolved_lr(), "> 0", lambda v: v > 0),
+    # Each is refused here in one line; SGD would raise a bare ValueError for some, and a zero or
+    # negative --lr-decay would stop or reverse training. NaN fails every test. (lr 0 stays
+    # allowed: it only refreshes BatchNorm statistics, which is of use.)
+    checks = [("--lr", config.resolved_lr(), ">= 0", lambda v: v >= 0),
               ("--momentum", config.momentum, "in [0, 1)", lambda v: 0 <= v < 1),
               ("--weight-decay", config.weight_decay, ">= 0", lambda v: v >= 0),
               ("--lr-decay", config.lr_decay, "in (0, 1]", lambda v: 0 < v <= 1)]
