@@ -20,8 +20,11 @@ def ls_command(
 
     `dump` without --out files its store there; `train` without --cache finds it there."""
     home = home or cache_home()
-    entries = list_caches(home)
+    skipped: list[str] = []
+    entries = list_caches(home, skipped=skipped)
     typer.echo(f"cache home: {home}")
+    for line in skipped:
+        typer.echo(f"warning: {line}", err=True)
     if not entries:
         typer.echo("no caches (make one with `logitcache dump` without --out)")
         return

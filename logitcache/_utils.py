@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -67,6 +68,26 @@ def check_output_location(path: str | os.PathLike, what: str) -> None:
                           f"choose another {what}") from None
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what a plain ``open()`` or ``mkdir()`` would give a new file.
+
+    ``mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask, which would hide run files and
+    stores from a group that shares them.
+    """
+    return mode & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports it without changing it; setting it to read it would race other threads' new files.
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -74,6 +95,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), umask_mode(0o666))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -92,8 +114,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, umask_mode(0o666))
+        finally:
+            os.close(fd)
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ._utils import plural
 from .errors import BadInput, CacheError, CacheNotFound
 from .store.format import CacheSpec, TeacherInfo
-from .store.zarr_store import ZarrStore, is_url
+from .store.zarr_store import ZarrStore, is_url, remote_errors
 
 
 def cache_home() -> str:
@@ -71,24 +71,34 @@ def describe_cache(spec: CacheSpec, teacher_test_accuracy: float | None) -> str:
             f"{plural(spec.views.count, 'view')}, {spec.encoding.describe()}")
 
 
-def list_caches(home: str | None = None) -> list[CacheEntry]:
-    """Every logitcache store directly under the home, newest first; unreadable ones are skipped."""
+def list_caches(home: str | None = None, *, skipped: list[str] | None = None) -> list[CacheEntry]:
+    """Every logitcache store directly under the home, newest first.
+
+    A ``.zarr`` or ``.zip`` entry that is not a readable store (a junk file in a shared home, a
+    damaged archive) is left out, never an error for everyone: ``skipped`` gets one line naming
+    it and why.
+    """
     home = home or cache_home()
     entries = []
     for location in _children(home):
         try:
             store = ZarrStore.open(location, read_only=True)
-        except CacheError:
+            entry = CacheEntry(location=location, spec=store.spec, complete=store.provenance.complete,
+                               created_at=store.provenance.created_at, bytes_on_disk=store.nbytes_stored(),
+                               teacher_test_accuracy=store.provenance.teacher_test_accuracy)
+        except (CacheError, OSError) as e:
+            if skipped is not None:
+                skipped.append(f"skipped {location}: {e}")
             continue
-        entries.append(CacheEntry(location=location, spec=store.spec, complete=store.provenance.complete,
-                                  created_at=store.provenance.created_at, bytes_on_disk=store.nbytes_stored(),
-                                  teacher_test_accuracy=store.provenance.teacher_test_accuracy))
+        entries.append(entry)
     return sorted(entries, key=lambda e: e.created_at, reverse=True)
 
 
 def _children(home: str) -> list[str]:
     if not is_url(home) or home.startswith("file://"):
         root = Path(home.removeprefix("file://")).expanduser()
+        if root.exists() and not root.is_dir():
+            raise BadInput(f"the cache home {root} is a file, not a folder: point LOGITCACHE_HOME (or --home) at a folder")
         if not root.is_dir():
             return []
         return [str(p) for p in sorted(root.iterdir()) if p.suffix in (".zarr", ".zip")]
@@ -96,10 +106,11 @@ def _children(home: str) -> list[str]:
 
     fs, path = fsspec.core.url_to_fs(home)
     protocol = home.split("://", 1)[0]
-    try:
-        names = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return []
+    with remote_errors(home):
+        try:
+            names = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
     return [f"{protocol}://{n}" for n in sorted(names) if n.endswith((".zarr", ".zip"))]
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import _utils
 from .cache_home import location_in_home
 from .datasets import ImageDataset, open_dataset
-from .distributed import local_device
+from .distributed import local_device, torchrun_rank
 from .errors import BadInput, CacheMismatch, DataError
 from .loader import ViewBatch, augmented_batches
 from .models import weights_sha256
@@ -39,7 +39,7 @@ from .store.format import (
     ViewsInfo,
 )
 from .store.writer import BlockWriter
-from .store.zarr_store import DONE, ZarrStore, _local_path, flock, is_partial_write
+from .store.zarr_store import DONE, WRITING, ZarrStore, _local_path, flock
 from .teacher import build_teacher
 from .views import ViewSpec, view_seeds
 
@@ -181,12 +181,15 @@ def dump(config: DumpConfig) -> DumpResult:
     index, count = config.shard
     # A plain dump holds the store exclusively; shard writers share it, each holding its own shard.
     with flock(config.out, shared=count > 1), flock(config.out, f"-shard-{index}-of-{count}"):
-        store, notes = _open_or_create(config, spec)
+        store, notes = _open_or_create(config, spec, dataset.labels)
         result = _run(config, store, dataset, teacher, device)
         result.notes[:0] = notes
         if config.shard == (0, 1) or bool((store.progress() == DONE).all()):
             finalize(config.out, teacher=teacher, dataset_name=config.dataset, data_root=config.data_root,
                      device=device, result=result)
+    ranks = torchrun_rank()
+    if ranks is not None and ranks[0] != 0:  # torchrun's processes share one terminal: rank 0 speaks for them
+        result.notes = [n for n in result.notes if not n.startswith(_ONCE)]
     return result
 
 
@@ -208,40 +211,78 @@ def _finalize_only(config: DumpConfig, spec: CacheSpec, teacher: nn.Module, devi
 
 
 def _check_out(out: str) -> None:
+    """Refuse an --out that is a file or a folder (or prefix) holding something other than a store,
+    before anything is written there."""
     path = _local_path(out)
-    if path is None or not path.exists():
+    if path is not None and path.is_file():
+        raise BadInput(f"{path} exists and is not a logitcache store (it is a file): choose another --out "
+                       "(nothing was written)")
+    if ZarrStore.exists(out):
         return
     # Before its zarr.json, a dump leaves only lock files and the temporary files of a killed first write.
-    if path.is_file() or (not (path / "zarr.json").exists() and any(
-            not (p.name.startswith(".lock") or is_partial_write(p.name)) for p in path.iterdir())):
-        raise BadInput(f"{path} exists and is not a logitcache store: choose another --out (nothing was written)")
+    foreign = ZarrStore.foreign_entries(out)
+    if foreign:
+        raise BadInput(f"{out} exists and is not a logitcache store (it holds {', '.join(foreign[:4])}"
+                       f"{'...' if len(foreign) > 4 else ''}): choose another --out (nothing was written)")
 
 
-def _open_or_create(config: DumpConfig, spec: CacheSpec) -> tuple[ZarrStore, list[str]]:
-    provenance = Provenance(tool_version=_utils.tool_version(), created_at=_utils.now())
+# Notes that every shard would repeat: under torchrun only rank 0 prints them.
+_ONCE = ("resuming:", "augmentation:")
+
+
+def _open_or_create(config: DumpConfig, spec: CacheSpec, labels: np.ndarray) -> tuple[ZarrStore, list[str]]:
+    """Resume, join, replace or create the store; write its labels. Under the metadata lock, which
+    finalize also holds, so that it can clear temporary files no live writer is using."""
     fields = get_encoding(spec.encoding, spec.dataset.num_classes).fields()
     with flock(config.out, "-meta", wait=True):  # concurrent shard writers create it once
         if config.shard[1] == 1:  # the only writer: files a killed run left half-written can go
             ZarrStore.remove_partial_writes(config.out)
-        if ZarrStore.exists(config.out):
-            existing = ZarrStore.open(config.out, read_only=False)
-            if existing.spec == spec and not config.overwrite:
-                existing.ensure_arrays(fields)  # a creation that was killed half-way
-                done = int((existing.progress() == DONE).sum())
-                return existing, [f"resuming: {done} of {existing.progress().size} blocks already done"] if done else []
-            if not config.overwrite:
-                diffs = "; ".join(existing.spec.differences(spec)[:4])
-                raise CacheMismatch(
-                    f"{config.out} holds a cache made with other settings ({diffs}): "
-                    "pass --overwrite to replace it, or choose another --out"
-                )
-            ZarrStore.delete(config.out)
-        store = ZarrStore.create(config.out, spec, provenance, fields)
-    return store, []
+        store, notes = _reuse(config, spec, fields) if ZarrStore.exists(config.out) else (None, [])
+        if store is None:
+            provenance = Provenance(tool_version=_utils.tool_version(), created_at=_utils.now())
+            store = ZarrStore.create(config.out, spec, provenance, fields)
+            notes.append(f"augmentation: {ViewSpec.from_json(spec.views.augmentation).describe()}")
+        store.write_labels(labels)
+    return store, notes
 
 
-def _pending_blocks(store: ZarrStore, shard: tuple[int, int]) -> tuple[list[tuple[int, int]], int]:
-    """(view, block) pairs this shard must write, and how many of its blocks are done already."""
+def _reuse(config: DumpConfig, spec: CacheSpec, fields: list) -> tuple[ZarrStore | None, list[str]]:
+    """The existing store to write into, or None after deleting it (with notes saying why).
+
+    Under ``--shard`` every shard runs the same ``--overwrite`` command: the first replaces a
+    store of other settings, and the others (and any later re-run) join the store of this spec
+    instead of deleting what was written into it, since its blocks are a function of the spec.
+    """
+    existing = ZarrStore.open(config.out, read_only=False)
+    sharded = config.shard[1] > 1
+    if existing.spec == spec and (sharded or not config.overwrite):
+        existing.ensure_arrays(fields)  # a creation that was killed half-way
+        if config.overwrite:
+            state = "complete: kept" if existing.provenance.complete else "joined"
+            return existing, [(f"--overwrite under --shard: {config.out} already holds a store of these settings "
+                               f"({state}); it is replaced only when its settings differ (delete it to dump it afresh)")]
+        return existing, []
+    diffs = "; ".join(existing.spec.differences(spec)[:4])
+    if existing.spec == spec:
+        note = f"--overwrite: replaced {config.out} with a fresh dump"
+    elif config.overwrite:
+        note = f"--overwrite: replaced {config.out}, which was made with other settings ({diffs})"
+    elif not sharded and not existing.provenance.complete and not (existing.progress() == DONE).any():
+        # Nothing of it is worth keeping: e.g. a dump refused on its first block (fp16 overflow) whose
+        # message suggests this very command with another --dtype.
+        note = f"replaced {config.out}: an unfinished store of other settings ({diffs}) with no block written"
+    else:
+        raise CacheMismatch(
+            f"{config.out} holds a cache made with other settings ({diffs}): "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    existing.delete()
+    return None, [note]
+
+
+def _pending_blocks(store: ZarrStore, shard: tuple[int, int]) -> tuple[list[tuple[int, int]], int, int]:
+    """(view, block) pairs this shard must write, how many of its blocks are marked done (by earlier
+    runs: this shard's blocks are written by nobody else) and how many it has."""
     index, count = shard
     state = store.progress()
     views, blocks = state.shape
@@ -253,8 +294,10 @@ def _pending_blocks(store: ZarrStore, shard: tuple[int, int]) -> tuple[list[tupl
     if done:
         problems = store.check_chunks(names, views=sorted({v for v, _ in done}), decode=True)
         bad = {store.block_of(p.key) for p in problems}
+    for v, b in bad:  # unmarked at once: no other shard may finalize the store while it is rewritten
+        store.mark(v, b, WRITING)
     pending = [(v, b) for v, b in mine if state[v, b] != DONE or (v, b) in bad]
-    return pending, len(mine) - len(pending)
+    return pending, len(done), len(mine)
 
 
 def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: nn.Module, device: torch.device) -> DumpResult:
@@ -262,9 +305,11 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
     n, layout = spec.dataset.num_samples, spec.layout
     view_spec = ViewSpec.from_json(spec.views.augmentation)
     encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
-    store.write_labels(dataset.labels)
-    pending, skipped = _pending_blocks(store, config.shard)
-    result = DumpResult(location=config.out, spec=spec, complete=False, blocks_skipped=skipped)
+    pending, done, mine = _pending_blocks(store, config.shard)
+    result = DumpResult(location=config.out, spec=spec, complete=False, blocks_skipped=mine - len(pending))
+    if done:
+        part = "" if config.shard[1] == 1 else f" of shard {config.shard[0]}/{config.shard[1]}"
+        result.notes.append(f"resuming: {done} of {mine} blocks{part} already done")
 
     def batches():
         for v, b in pending:
@@ -350,6 +395,9 @@ def finalize(
             if result is not None:
                 result.notes.append(f"{_utils.plural(int((state != DONE).sum()), 'block')} still to be written by other shards")
             return False
+        # Every block is done, so no live writer is mid-write (labels are written under this lock):
+        # a temporary file left now is a killed writer's, and never part of a finished store.
+        ZarrStore.remove_partial_writes(location)
         missing = store.check_chunks(decode=False)
         if missing:
             raise DataError(f"every block is marked done but {missing[0]}: run `logitcache verify --repair {location}`")

@@ -129,21 +129,27 @@ class ViewSpec:
 
     @classmethod
     def parse(cls, text: str) -> ViewSpec:
-        """Parse the CLI form: ``crop:32:4[:noflip]`` or ``resized_crop:224[:0.08-1.0][:noflip]``."""
-        parts = text.split(":")
+        """Parse the CLI form: ``crop:SIZE[:PAD][:noflip]`` or ``resized_crop:SIZE[:MIN-MAX][:noflip]``.
+
+        What is left out takes its default (no padding; the full scale range; flips on), which
+        :meth:`describe` spells out: the dump prints it.
+        """
+        kind, *rest = text.split(":")
+        flip = not rest or rest[-1] != "noflip"
+        nums = rest if flip else rest[:-1]
         try:
-            flip = parts[-1] != "noflip"
-            if not flip:
-                parts = parts[:-1]
-            if parts[0] == "crop":
-                return cls(kind="crop", size=int(parts[1]), padding=int(parts[2]) if len(parts) > 2 else 0, flip=flip)
-            if parts[0] == "resized_crop":
-                scale = tuple(float(s) for s in parts[2].split("-")) if len(parts) > 2 else (0.08, 1.0)
-                return cls(kind="resized_crop", size=int(parts[1]), scale=scale, flip=flip)
-        except (IndexError, ValueError):
+            if kind == "crop" and 1 <= len(nums) <= 2:
+                return cls(kind="crop", size=int(nums[0]), padding=int(nums[1]) if len(nums) > 1 else 0, flip=flip)
+            if kind == "resized_crop" and 1 <= len(nums) <= 2:
+                lo, hi = (float(s) for s in nums[1].split("-")) if len(nums) > 1 else (0.08, 1.0)
+                return cls(kind="resized_crop", size=int(nums[0]), scale=(lo, hi), flip=flip)
+        except BadInput:
+            raise
+        except ValueError:  # a number that does not parse
             pass
         raise BadInput(
-            f"cannot read augmentation {text!r}: use crop:SIZE:PAD[:noflip] or resized_crop:SIZE[:MIN-MAX][:noflip]"
+            f"cannot read augmentation {text!r}: use crop:SIZE[:PAD][:noflip] (PAD 0 if left out) or "
+            "resized_crop:SIZE[:MIN-MAX][:noflip] (scale 0.08-1 if left out); flips are on unless :noflip"
         )
 
     # ------------------------------------------------------------------ params

@@ -228,10 +228,17 @@ def test_parse_and_json_round_trip(text, spec):
     assert ViewSpec.from_json(parsed.to_json()) == parsed
 
 
-@pytest.mark.parametrize("text", ["", "crop", "crop:x", "rotate:30", "resized_crop:224:big"])
+@pytest.mark.parametrize("text", ["", "crop", "crop:x", "rotate:30", "resized_crop:224:big",
+                                  "crop:32:4:junk", "crop:32:4:2", "resized_crop:96:0.1-0.5-1", "noflip"])
 def test_parse_errors_name_the_forms(text):
-    with pytest.raises(BadInput, match="crop:SIZE:PAD"):
+    """Every part is read or refused: nothing after the known ones is silently dropped."""
+    with pytest.raises(BadInput, match=r"crop:SIZE\[:PAD\]\[:noflip\] \(PAD 0 if left out\).*flips are on unless :noflip"):
         ViewSpec.parse(text)
+
+
+def test_parse_keeps_the_spec_checks():
+    with pytest.raises(BadInput, match="size must be > 0"):
+        ViewSpec.parse("crop:0")
 
 
 def test_invalid_specs_are_refused():

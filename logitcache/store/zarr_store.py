@@ -20,7 +20,8 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,12 @@ def _zarr_store(location: str | os.PathLike, read_only: bool) -> Any:
     if path is not None and path.suffix == ".zip":
         if not read_only:
             raise CacheError(f"{path} is a packed store and read-only: `logitcache unpack` it into a folder and write there")
+        if path.is_file():  # zarr would raise BadZipFile from its first read, deep inside a command
+            try:
+                zipfile.ZipFile(path).close()
+            except (zipfile.BadZipFile, OSError) as e:
+                raise CacheNotFound(f"{path} is not a readable .zip archive ({e}): it is damaged or truncated; "
+                                    "pack the store again (`logitcache pack`), or point at the store folder") from None
         return ZipStore(path, mode="r")
     if path is not None:
         return LocalStore(path, read_only=read_only)
@@ -108,10 +115,16 @@ class ZarrStore:
         path = _local_path(location)
         if path is not None:
             return (path / "zarr.json").exists() if path.suffix != ".zip" else path.exists()
-        try:
+        with remote_errors(location):
             return bool(sync(_zarr_store(location, read_only=True).exists("zarr.json")))
-        except (OSError, ValueError):
-            return False
+
+    @staticmethod
+    def foreign_entries(location: str | os.PathLike, arrays: Collection[str] = ()) -> list[str]:
+        """The top-level entries of a location that belong to no store with these arrays: a
+        dump must neither create a store among them nor delete them (``--overwrite``)."""
+        own = {"zarr.json", *arrays}
+        return sorted(n for n in _top_level_entries(location)
+                      if n not in own and not n.startswith(".lock") and not is_partial_write(n))
 
     @classmethod
     def open(cls, location: str | os.PathLike, *, read_only: bool = True) -> ZarrStore:
@@ -143,7 +156,8 @@ class ZarrStore:
         store = _zarr_store(location, read_only=False)
         meta = {ATTR: {"spec": spec.to_json(), "provenance": provenance.to_json()}}
         try:
-            group = zarr.create_group(store=store, overwrite=False, attributes=meta)
+            with remote_errors(location):
+                group = zarr.create_group(store=store, overwrite=False, attributes=meta)
         except (ContainsGroupError, ContainsArrayError, FileExistsError):
             raise CacheMismatch(f"{location} already holds a zarr store: pass --overwrite to replace it") from None
         self = cls(location, group, spec, provenance)
@@ -205,23 +219,37 @@ class ZarrStore:
             p.unlink(missing_ok=True)
         return len(stale)
 
-    @staticmethod
-    def delete(location: str | os.PathLike) -> None:
-        """Remove a store's contents (keeping lock files, which other processes may hold).
+    def delete(self) -> None:
+        """Remove the store's own entries: its group ``zarr.json`` and its arrays (lock files stay:
+        other processes may hold them). A location that also holds anything else is refused.
 
         The group's zarr.json goes last: a deletion killed half-way leaves a folder that still says
         it is a store (readers refuse it for its missing chunks; ``--overwrite`` deletes it again).
         """
+        location, arrays = self.location, self.array_names()
+        foreign = self.foreign_entries(location, arrays)
+        if foreign:
+            raise CacheMismatch(
+                f"{location} also holds {_some(foreign)}, which are no part of its store: --overwrite deletes "
+                "only a store's own files; move them away, or choose another --out (nothing was deleted)"
+            )
         path = _local_path(location)
-        if path is not None:
-            busy = f"{location} is being read (by a training run?): let it finish, or dump to another --out"
-            with flock(location, READ_LOCK, busy=busy):  # never under a reader: it would read zeros, or another cache
-                entries = sorted(path.iterdir() if path.is_dir() else [], key=lambda e: e.name == "zarr.json")
-                for entry in entries:
-                    if not entry.name.startswith(".lock"):
-                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if path is None:
+            store = _zarr_store(location, read_only=False)
+            with remote_errors(location):
+                for name in arrays:
+                    sync(store.delete_dir(name))
+                sync(store.delete("zarr.json"))
             return
-        sync(_zarr_store(location, read_only=False).delete_dir(""))
+        busy = f"{location} is being read (by a training run?): let it finish, or dump to another --out"
+        with flock(location, READ_LOCK, busy=busy):  # never under a reader: it would read zeros, or another cache
+            # Partial writes sort before zarr.json: whatever is left, the group's metadata says what it was.
+            own = [e for e in path.iterdir() if e.name in arrays or is_partial_write(e.name)]
+            for entry in [*own, path / "zarr.json"]:
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ attributes
     def _write_attrs(self) -> None:
@@ -377,6 +405,39 @@ class ZarrStore:
         if path is not None:
             return path.stat().st_size
         return int(sync(self.group.store.getsize_prefix("")))
+
+
+def _some(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _top_level_entries(location: str | os.PathLike) -> list[str]:
+    """Names directly in a location (files and folders; for URLs, keys and prefixes); none if absent."""
+    path = _local_path(location)
+    if path is not None:
+        return [p.name for p in path.iterdir()] if path.is_dir() else []
+    with remote_errors(location):
+        return sync(_collect(_zarr_store(location, read_only=True).list_dir("")))
+
+
+@contextlib.contextmanager
+def remote_errors(location: str | os.PathLike) -> Iterator[None]:
+    """Turn what a remote store's client raises (a missing bucket, an endpoint nobody answers at,
+    refused credentials) into one CacheError naming the location, instead of a traceback."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except Exception as e:
+        client = type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs")
+        if _local_path(location) is not None or not (client or isinstance(e, OSError)):
+            raise
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CacheError(
+            f"cannot use {location}: {detail}; check the URL, that the bucket exists, and the endpoint "
+            "(AWS_ENDPOINT_URL) and credentials"
+        ) from None
 
 
 async def _collect(it: Any) -> list[str]:

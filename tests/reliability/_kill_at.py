@@ -126,14 +126,14 @@ def _install(point: str) -> None:
 
         delete = ZarrStore.delete
 
-        def deleting(location):
+        def deleting(self):
             shutil.rmtree, Path.unlink = removing(rmtree), removing(unlink)
             try:
-                return delete(location)
+                return delete(self)
             finally:
                 shutil.rmtree, Path.unlink = rmtree, unlink
 
-        ZarrStore.delete = staticmethod(deleting)
+        ZarrStore.delete = deleting
     elif kind in ("step", "hold"):
         counter, step = _Counter(int(args[0])), torch.optim.SGD.step
         release = Path(args[1]) if kind == "hold" else None

@@ -153,7 +153,10 @@ def test_overwrite_replaces_a_store_made_with_other_settings(tmp_path):
     out = str(tmp_path / "c.zarr")
     dump(replace(BASE, out=out))
     result = dump(replace(BASE, out=out, views=1, overwrite=True))
-    assert result.complete and result.notes == []
+    assert result.complete and result.notes == [
+        f"--overwrite: replaced {out}, which was made with other settings (views.count: 2 vs 1)",
+        "augmentation: crop(8, pad=1)+flip",
+    ]
     store = ZarrStore.open(out)
     assert store.spec.views.count == 1 and store.array("seeds").shape == (2, 64)
 

@@ -225,7 +225,7 @@ def test_delete_keeps_lock_files(tmp_path):
     path = tmp_path / "c.zarr"
     with flock(path):
         _create(path, _spec())
-    ZarrStore.delete(path)
+    ZarrStore.open(path).delete()
     assert sorted(p.name for p in path.iterdir()) == [".lock", ".lock-read"]
     assert not ZarrStore.exists(path)
 
