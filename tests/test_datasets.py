@@ -143,3 +143,58 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "nothing" / "cls").mkdir(parents=True)
     with pytest.raises(DataError, match="no images"):
         open_dataset(f"imagefolder:{tmp_path / 'nothing'}")
+
+
+def _cifar_folder(root: Path, kind: str, per_file: int = 2) -> Path:
+    """A tiny CIFAR-format folder (torchvision's file names and pickle layout, a few images per
+    file): what a subset or a re-packed copy looks like, failing torchvision's MD5 check."""
+    import pickle
+
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if kind == "cifar10" else CIFAR100
+    folder = root / cls.base_folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label_key = "labels" if kind == "cifar10" else "fine_labels"
+    for name, _ in cls.train_list + cls.test_list:
+        entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), label_key: [0, 1][:per_file]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / cls.meta["filename"]).write_bytes(pickle.dumps({cls.meta["key"]: ["cat", "dog"]}))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_cifar_failing_the_checksum_says_so_and_nocheck_loads_it(kind, tmp_path):
+    folder = _cifar_folder(tmp_path, kind)
+    with pytest.raises(DataError, match=f"fails torchvision's MD5 checksum.*--dataset {kind}:nocheck"):
+        open_dataset(kind, data_root=tmp_path)
+    train = open_dataset(f"{kind}:nocheck", data_root=tmp_path)
+    files = 5 if kind == "cifar10" else 1
+    assert (len(train), train.num_classes) == (2 * files, 2)
+    assert train.images(np.arange(len(train))).shape == (2 * files, 3, 32, 32)
+    assert train.describe()["name"] == f"{kind}:nocheck"
+    test = open_dataset(f"{kind}:nocheck", "test", data_root=tmp_path)
+    assert len(test) == 2 and test.fingerprint != train.fingerprint
+    (folder / "batches.meta" if kind == "cifar10" else folder / "meta").unlink()
+    with pytest.raises(DataError, match="is incomplete"):
+        open_dataset(kind, data_root=tmp_path)
+
+
+def test_cifar_nocheck_never_runs_a_pickled_payload(tmp_path):
+    import pickle
+
+    folder = _cifar_folder(tmp_path, "cifar100")
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (folder / "train").write_bytes(pickle.dumps({"data": Payload(), "fine_labels": [0]}))
+    with pytest.raises(DataError, match="not a readable CIFAR batch file.*refusing to load"):
+        open_dataset("cifar100:nocheck", data_root=tmp_path)
+    assert not marker.exists()
+    (folder / "train").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 7]}))
+    with pytest.raises(DataError, match="do not fit together"):
+        open_dataset("cifar100:nocheck", data_root=tmp_path)
