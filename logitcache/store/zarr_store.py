@@ -135,7 +135,8 @@ class ZarrStore:
         if path is not None and path.is_dir() and not (path / "zarr.json").exists():
             raise CacheNotFound(f"{path} is not a zarr store (no zarr.json): point at a store made by `logitcache dump`")
         try:
-            group = zarr.open_group(store=_zarr_store(location, read_only), mode="r" if read_only else "r+")
+            with remote_errors(location):
+                group = zarr.open_group(store=_zarr_store(location, read_only), mode="r" if read_only else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as e:
             raise CacheNotFound(f"no cache at {location} ({type(e).__name__}): check the location") from None
         except (ValueError, TypeError) as e:

@@ -78,3 +78,48 @@ def test_s3_store_equals_local_store(s3_env, tmp_path):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+SMALL = ["dump", "--teacher", "resnet8", "--random-init", "--dataset", "synthetic:n=32,size=8", "--views", "1",
+         "--topk", "3", "--chunk-samples", "16", "--device", "cpu", "--quiet"]
+
+
+def _s3(env):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def test_foreign_keys_on_s3_are_neither_built_on_nor_deleted(s3_env):
+    """As locally: no new store at a prefix holding someone's files, and --overwrite never deletes them."""
+    s3 = _s3(s3_env)
+    s3.put_object(Bucket="team", Key="notes/user_notes.txt", Body=b"mine")
+    refused = _cli([*SMALL, "--out", "s3://team/notes"], s3_env)
+    assert refused.returncode == 2 and "is not a logitcache store (it holds user_notes.txt)" in refused.stderr
+    url = "s3://team/kept.zarr"
+    assert _cli([*SMALL, "--out", url], s3_env).returncode == 0
+    s3.put_object(Bucket="team", Key="kept.zarr/user_notes.txt", Body=b"mine")
+    over = _cli([*SMALL, "--out", url, "--views", "2", "--overwrite"], s3_env)
+    assert over.returncode == 2 and "user_notes.txt" in over.stderr and "nothing was deleted" in over.stderr
+    for key in ("notes/user_notes.txt", "kept.zarr/user_notes.txt", "kept.zarr/zarr.json"):
+        s3.head_object(Bucket="team", Key=key)  # all still there
+    s3.delete_object(Bucket="team", Key="kept.zarr/user_notes.txt")
+    replaced = _cli([*SMALL, "--out", url, "--views", "2", "--overwrite"], s3_env)
+    assert replaced.returncode == 0 and "replaced" in replaced.stdout, replaced.stderr
+
+
+def test_a_missing_bucket_or_a_dead_endpoint_is_one_line(s3_env):
+    import socket
+
+    missing = _cli([*SMALL, "--out", "s3://no-such-bucket/c.zarr"], s3_env)
+    assert missing.returncode == 2 and missing.stderr.count("error:") == 1, missing.stderr
+    assert "cannot use s3://no-such-bucket/c.zarr" in missing.stderr and "bucket" in missing.stderr
+    with socket.socket() as s:  # a loopback port nobody listens at
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # One try each (botocore and s3fs both retry with back-off): what is tested is the message.
+    dead = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
+            "AWS_RETRY_MODE": "standard"}
+    for argv in ([*SMALL, "--out", "s3://team/d.zarr"], ["info", "s3://team/d.zarr"]):  # ~5 s each: s3fs retries
+        result = _cli(argv, dead)
+        assert result.returncode == 2 and result.stderr.count("error:") == 1, (argv, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "127.0.0.1" in result.stderr
