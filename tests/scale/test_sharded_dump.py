@@ -40,6 +40,19 @@ def test_two_shard_processes_equal_one(reference, tmp_path, start_script):
     _assert_same_arrays(reference, out)
 
 
+def test_overwrite_started_by_every_shard_at_once(reference, tmp_path, run_cli, start_script):
+    """One `--overwrite --shard I/2` command line started by both shards together over a store of
+    other settings: exactly one replaces it (under the metadata lock), the other joins."""
+    out = tmp_path / "sharded.zarr"
+    assert run_cli([*ARGS, "--out", out, "--views", "1"]).code == 0
+    procs = [start_script("logitcache", [*ARGS, "--out", out, "--overwrite", "--shard", f"{i}/2"]) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outputs]
+    assert sum("which was made with other settings" in o for o, _ in outputs) == 1
+    assert ZarrStore.open(out).provenance.complete
+    _assert_same_arrays(reference, out)
+
+
 def test_shards_one_after_another_then_finalize(reference, tmp_path, run_cli):
     out = tmp_path / "s.zarr"
     first = run_cli([*ARGS, "--out", out, "--shard", "1/3"])
