@@ -76,7 +76,11 @@ def _zarr_store(location: str | os.PathLike, read_only: bool) -> Any:
         return ZipStore(path, mode="r")
     if path is not None:
         return LocalStore(path, read_only=read_only)
-    return FsspecStore.from_url(str(location), read_only=read_only)
+    try:
+        return FsspecStore.from_url(str(location), read_only=read_only)
+    except (ValueError, ImportError) as e:  # "Protocol not known", or its package is not installed
+        raise CacheError(f"cannot open {location} ({e}): use a local path or an fsspec URL whose package is "
+                         "installed (s3:// needs s3fs)") from None
 
 
 def _codecs(spec: CacheSpec, dtype: np.dtype) -> list[Any]:

@@ -251,3 +251,9 @@ def test_under_torchrun_only_rank_0_says_it(rank, run_cli, dump_args, tmp_path, 
 def test_dump_spells_out_the_augmentation_it_read(run_cli, digits_args, tmp_path):
     result = run_cli(["dump", *digits_args, "--augment", "crop:8", "--out", tmp_path / "c.zarr"])
     assert result.code == 0 and "augmentation: crop(8, pad=0)+flip" in result.out
+
+
+def test_a_url_nobody_can_open_is_one_line(run_cli, dump_args):
+    for argv in (["dump", *dump_args, "--out", "nosuch://x/c.zarr"], ["info", "nosuch://x/c.zarr"]):
+        result = run_cli(argv)
+        assert result.code == 2 and "cannot open nosuch://x/c.zarr (Protocol not known: nosuch)" in result.err
