@@ -15,11 +15,15 @@ from pathlib import Path
 
 from .. import _utils
 from ..errors import BadInput, CacheIncomplete
-from .zarr_store import ZarrStore, _local_path
+from .zarr_store import ZarrStore, _local_path, is_partial_write
 
 
 def pack(store: str | os.PathLike, archive: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a complete local store into ``archive`` (a new .zip file); returns its path."""
+    """Write a complete local store into ``archive`` (a new .zip file); returns its path.
+
+    Only the store's own files go in: not its lock files, not a killed writer's temporary files,
+    not what someone else keeps in the folder.
+    """
     src, dst = _local_path(store), Path(archive)
     if src is None or not src.is_dir():
         raise BadInput(f"pack needs a local store folder, got {store}")
@@ -35,9 +39,12 @@ def pack(store: str | os.PathLike, archive: str | os.PathLike, *, overwrite: boo
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            foreign = set(ZarrStore.foreign_entries(src, opened.array_names()))
             for path in sorted(src.rglob("*")):
-                if path.is_file() and not path.name.startswith(".lock"):
-                    z.write(path, path.relative_to(src).as_posix())
+                rel = path.relative_to(src)
+                if path.is_file() and not (path.name.startswith(".lock") or is_partial_write(path.name)
+                                           or rel.parts[0] in foreign):
+                    z.write(path, rel.as_posix())
         os.chmod(tmp, _utils.umask_mode(0o666))
         os.replace(tmp, dst)
     except BaseException:

@@ -235,7 +235,7 @@ class ZarrStore:
         foreign = self.foreign_entries(location, arrays)
         if foreign:
             raise CacheMismatch(
-                f"{location} also holds {_some(foreign)}, which are no part of its store: --overwrite deletes "
+                f"{location} also holds {_some(foreign)}, which are no part of its store: a dump deletes "
                 "only a store's own files; move them away, or choose another --out (nothing was deleted)"
             )
         path = _local_path(location)

@@ -91,6 +91,16 @@ def test_pack_does_not_write_through_a_planted_symlink(run_cli, digits_cache, tm
     assert stat.S_IMODE(packed.stat().st_mode) == _utils.umask_mode(0o666)  # as a plain open() makes it
 
 
+def test_pack_takes_only_the_stores_own_files(run_cli, digits_cache, copy_store, tmp_path):
+    src = copy_store(digits_cache, tmp_path / "c.zarr")
+    (src / "MY_NOTES.txt").write_text("mine")
+    (src / "lse" / f"zarr.json.{'cd' * 16}.partial").write_text("{")  # a killed writer's
+    assert run_cli(["pack", src, tmp_path / "p.zip"]).code == 0
+    with zipfile.ZipFile(tmp_path / "p.zip") as z:
+        names = z.namelist()
+    assert "zarr.json" in names and not [n for n in names if "NOTES" in n or n.endswith(".partial")]
+
+
 @pytest.fixture(scope="module")
 def packed(digits_cache, tmp_path_factory) -> Path:
     from logitcache.store.pack import pack
