@@ -24,7 +24,7 @@ from . import _utils
 from .cache_home import location_in_home
 from .datasets import ImageDataset, open_dataset
 from .distributed import local_device, torchrun_rank
-from .errors import BadInput, CacheMismatch, DataError
+from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
 from .loader import ViewBatch, augmented_batches
 from .models import weights_sha256
 from .store.encodings import get_encoding
@@ -253,7 +253,13 @@ def _reuse(config: DumpConfig, spec: CacheSpec, fields: list) -> tuple[ZarrStore
     store of other settings, and the others (and any later re-run) join the store of this spec
     instead of deleting what was written into it, since its blocks are a function of the spec.
     """
-    existing = ZarrStore.open(config.out, read_only=False)
+    try:
+        existing = ZarrStore.open(config.out, read_only=False)
+    except (CacheCorrupt, CacheOutdated) as e:  # a logitcache store all the same, which --overwrite replaces
+        if not config.overwrite:
+            raise
+        ZarrStore.open(config.out, read_only=False, checked=False).delete()
+        return None, [f"--overwrite: replaced {config.out}, which could not be used ({type(e).__name__})"]
     sharded = config.shard[1] > 1
     if existing.spec == spec and (sharded or not config.overwrite):
         existing.ensure_arrays(fields)  # a creation that was killed half-way

@@ -46,6 +46,10 @@ class CacheMismatch(CacheError):
     """A store that exists but was made for something else."""
 
 
+class CacheOutdated(CacheMismatch):
+    """A store written by an older format version: it must be dumped again."""
+
+
 class CacheCorrupt(CacheError):
     """Bytes in a store that do not decode or do not match their checksum."""
 

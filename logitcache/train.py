@@ -465,6 +465,7 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
 def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConfig) -> None:
     check_matches(reader.spec, dataset_name=train_set.name, split="train", num_samples=len(train_set),
                   num_classes=train_set.num_classes, fingerprint=train_set.fingerprint)
+    reader.check_labels(train_set.labels, train_set.name)
     if config.teacher and config.teacher != reader.spec.teacher.name and not config.teacher_online:
         raise BadInput(
             f"--teacher {config.teacher} but the cache holds logits of {reader.spec.teacher.name}: "

@@ -113,6 +113,10 @@ def verify(
             "cache was dumped from (fingerprint differs): point --data-root at the same data"
         )
     n, total_views = spec.dataset.num_samples, spec.views.total
+    differ = np.flatnonzero(store.read("labels") != dataset.labels)
+    if len(differ):  # the fingerprint covers the dataset's labels, so the store's are the wrong ones
+        report.problems.append(f"labels: {len(differ)} stored labels differ from the dataset's, e.g. sample "
+                               f"{int(differ[0])}: re-run the dump command (it rewrites them)")
     for v in range(total_views):
         stored = store.read("seeds", v)
         if not np.array_equal(stored, view_seeds(spec.views.seed, v, np.arange(n))):
@@ -252,7 +256,7 @@ def _repair(store: ZarrStore, problems, blocks: set[tuple[int, int]]) -> None:
     from .store.format import Provenance
 
     for p in problems:
-        if p.array not in ("labels", "progress"):  # labels are rewritten by every dump run
+        if p.array not in ("labels", "label_digests", "progress"):  # labels are rewritten by every dump run
             store.mark(*store.block_of(p.key), 0)
     for v, b in blocks:
         store.mark(v, b, 0)

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from logitcache.dump import DumpConfig, dump
+from logitcache.store.zarr_store import DIGESTS, ZarrStore, block_digest
 
 # Test machines have two cores and often run several test processes at once; OpenMP threads
 # spin-waiting for a busy core then make a tiny teacher's forward pass ~30x slower. One thread
@@ -144,6 +145,25 @@ def copy_store(src: Path, dst: Path) -> Path:
 def snapshot(path: Path) -> dict[str, bytes]:
     """Relative path -> bytes of every file under ``path`` (to prove nothing changed)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def reseal(path: Path) -> Path:
+    """Rewrite every digest of a store from its content, as a dump that had computed the (edited)
+    values itself would have: for tests of what only the teacher replay or the dataset can find."""
+    store = ZarrStore.open(path, read_only=False)
+    n, layout = store.spec.dataset.num_samples, store.spec.layout
+    store.write_labels(store.read("labels"))
+    for v in range(store.spec.views.total):
+        for b in range(layout.num_blocks(n)):
+            r = slice(layout.block_range(b, n).start, layout.block_range(b, n).stop)
+            store.array(DIGESTS)[v, b] = block_digest(v, b, {name: store.read(name, v, r) for name in store.block_names()})
+    return path
+
+
+@pytest.fixture(name="reseal")
+def _reseal_fixture():
+    """``reseal(store) -> store``: its digests rewritten to match its (edited) content."""
+    return reseal
 
 
 @pytest.fixture(name="copy_store")

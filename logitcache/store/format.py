@@ -1,4 +1,4 @@
-"""The logitcache store format, version 1, as frozen dataclasses.
+"""The logitcache store format, version 2, as frozen dataclasses.
 
 A store is a zarr v3 group. Its attribute ``logitcache`` holds a :class:`CacheSpec` (what the
 cache *is*: teacher, dataset, views, encoding, layout; two dumps with equal specs write equal
@@ -10,13 +10,14 @@ arrays) and a :class:`Provenance` (how and when it was made, teacher accuracy, c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BadInput, CacheMismatch
+from ..errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTR = "logitcache"
 DTYPES = ("fp32", "fp16", "bf16")
 TOPK_DTYPES = DTYPES + ("q8",)
@@ -196,26 +197,18 @@ class CacheSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> CacheSpec:
-        version = d.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CacheMismatch(
-                f"store format version {version} is newer than this logitcache reads ({FORMAT_VERSION}): "
-                "upgrade logitcache (pip install -U logitcache)"
-            )
+    def from_json(cls, d: Any, *, location: str = "the store", older: bool = False) -> CacheSpec:
+        """Parse a stored spec: version first (``older``: accept older ones), then every field's JSON
+        type, then the dataclasses' checks."""
+        check_version(d, location, older=older)
         try:
-            return cls(
-                format_version=version,
-                teacher=TeacherInfo(**d["teacher"]),
-                dataset=DatasetInfo(**d["dataset"]),
-                views=ViewsInfo(**d["views"]),
-                encoding=EncodingInfo(**d["encoding"]),
-                codec=CodecInfo(**d["codec"]),
-                layout=Layout(**d["layout"]),
-                batch_size=d["batch_size"],
-            )
-        except (KeyError, TypeError) as e:
-            raise CacheMismatch(f"store metadata is malformed ({e}): the store was not written by logitcache") from None
+            rest = {k: v for k, v in d.items() if k not in _PARTS}
+            return cls(**_typed(cls, rest, "spec"), **{name: kind(**_typed(kind, d[name], name)) for name, kind in _PARTS.items()})
+        except (KeyError, TypeError, BadInput) as e:
+            raise CacheMismatch(
+                f"store metadata in {location} is malformed ({str(e).strip(chr(39))}): the store was not written by "
+                "this logitcache; re-dump it"
+            ) from None
 
     def differences(self, other: CacheSpec) -> list[str]:
         """Dotted field names whose values differ, with both values, for error messages."""
@@ -223,9 +216,7 @@ class CacheSpec:
 
     def short_id(self) -> str:
         """A 12-hex content fingerprint of the spec, for naming stores in a cache home."""
-        import hashlib
-
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+        return spec_digest(self.to_json())[:12]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,9 +235,64 @@ class Provenance:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Provenance:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_json(cls, d: Any, *, location: str = "the store") -> Provenance:
+        """Unknown keys are ignored (a newer logitcache may add some); known ones must have their type."""
+        if not isinstance(d, dict):
+            raise CacheCorrupt(f"the provenance in {location}/zarr.json is not an object: re-dump the store")
+        known = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        try:
+            return cls(**_typed(cls, known, "provenance"))
+        except (TypeError, BadInput) as e:
+            raise CacheCorrupt(f"the provenance in {location}/zarr.json is malformed ({e}): re-dump the store") from None
+
+
+def check_version(spec_json: Any, location: str, *, older: bool = False) -> None:
+    """Refuse a spec of another format version (``older``: only a newer one): first, since another
+    version may lay out the store, or even the spec, differently."""
+    if not isinstance(spec_json, dict):
+        raise CacheCorrupt(f"the spec in {location}/zarr.json is not an object: the store is damaged; re-dump it")
+    version = spec_json.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CacheMismatch(f"store format version {version!r} of {location} is not a version number: the store is "
+                            "damaged or not made by logitcache; re-dump it")
+    if version > FORMAT_VERSION:
+        raise CacheMismatch(
+            f"store format version {version!r} is newer than this logitcache reads ({FORMAT_VERSION}): "
+            "upgrade logitcache (pip install -U logitcache)"
+        )
+    if version < FORMAT_VERSION and not older:
+        raise CacheOutdated(
+            f"{location} was made by an older logitcache (store format {version}; this one reads "
+            f"{FORMAT_VERSION}): re-dump it (the same dump command with --overwrite)"
+        )
+
+
+def spec_digest(spec_json: Any) -> str:
+    """sha256 hex of a spec's JSON with sorted keys: stored as ``spec_sha256`` next to the spec."""
+    return hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+
+
+_PARTS = {"teacher": TeacherInfo, "dataset": DatasetInfo, "views": ViewsInfo, "encoding": EncodingInfo,
+          "codec": CodecInfo, "layout": Layout}
+# The annotations (strings, under ``from __future__ import annotations``) that JSON values must match.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,),
+    "str | None": (str, type(None)), "int | None": (int, type(None)), "float | None": (float, int, type(None)),
+}
+
+
+def _typed(cls: type, d: Any, where: str) -> dict[str, Any]:
+    """``d``, checked to be an object whose values have the JSON types of ``cls``'s fields (a bool is
+    not an int here): the dataclasses' own checks compare numbers and would misread other types."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{where} is not an object")
+    for f in dataclasses.fields(cls):
+        if f.name not in d or f.name in _PARTS:
+            continue
+        value, kinds = d[f.name], _JSON_TYPES[f.type]
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise TypeError(f"{where}.{f.name} is {type(value).__name__} {value!r:.40}, not {f.type}")
+    return d
 
 
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:

@@ -5,6 +5,9 @@ reader works on whole view slices: the first request for a view reads its rows o
 in one sequential pass into memory (a CIFAR-100 fp16 view is 10 MB), and ``prefetch`` starts
 that read for the next epoch's view in a background thread. Batches are then gathered from
 memory. Views beyond the memory budget are read row-wise from their chunks instead.
+
+No row is returned before its block's content (seeds and every field) has been checked against
+the block's digest, once per block: a valid chunk at the wrong key is refused like a corrupt one.
 """
 
 from __future__ import annotations
@@ -52,18 +55,20 @@ class CacheReader:
             self.encoding = get_encoding(self.spec.encoding, self.num_classes)
             self._fields = [f.name for f in self.encoding.fields()]
             if check:
-                missing = self.store.check_chunks(["labels", "seeds", *self._fields], decode=False)
+                missing = self.store.check_chunks(decode=False)
                 if missing:
                     raise CacheCorrupt(
                         f"{len(missing)} chunk(s) missing or empty in {location}, e.g. {missing[0]}: "
                         "run `logitcache verify --repair` and the dump command again to rewrite them"
                     )
-            self.labels = self.store.read("labels").astype(np.int64)
+            self.labels = self.store.read_labels().astype(np.int64)
+            self._digests = self.store.read("digests")
         except BaseException:  # let go at once, not when the garbage collector gets to it
             if self._unlock is not None:
                 self._unlock()
             raise
         self._seeds: dict[int, np.ndarray] = {}
+        self._checked: set[tuple[int, int]] = set()  # (view, block) whose content matched its digest
         self._views: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._lock = threading.Lock()
@@ -78,16 +83,60 @@ class CacheReader:
     def seeds(self, view: int) -> np.ndarray:
         """(N,) uint32 seeds of one stored view."""
         with self._lock:
-            if view not in self._seeds:
-                self._seeds[view] = self.store.read("seeds", view)
+            if view in self._seeds:
+                return self._seeds[view]
+        if self._max_views:
+            self._slice(view)  # checks the view's blocks, keeps its seeds; training reads the view next anyway
+        else:
+            self._check_blocks(view, range(self.spec.layout.num_blocks(self.spec.dataset.num_samples)))
+        with self._lock:
             return self._seeds[view]
+
+    def check_labels(self, labels: np.ndarray, dataset_name: str) -> None:
+        """Refuse the cache unless its labels are ``labels`` (the training data's)."""
+        labels = np.asarray(labels)
+        if labels.shape != self.labels.shape or not np.array_equal(labels, self.labels):
+            differ = np.flatnonzero(labels != self.labels) if labels.shape == self.labels.shape else [0]
+            raise CacheMismatch(
+                f"the labels stored in {self.store.location} differ from {dataset_name}'s ({len(differ)} samples, "
+                f"e.g. sample {int(differ[0])}): use the cache made for this data, or dump one for it"
+            )
+
+    def _check(self, view: int, block: int, data: dict[str, np.ndarray]) -> None:
+        problem = self.store.block_problem(view, block, data, int(self._digests[view, block]))
+        if problem:
+            raise CacheCorrupt(
+                f"corrupt data in {self.store.location}: {problem}. Never use it for training: run "
+                "`logitcache verify --repair` and the dump command again to rewrite it"
+            )
+
+    def _check_blocks(self, view: int, blocks) -> None:
+        """Read and check the blocks of a view not checked yet (the row-wise path), keeping its seeds."""
+        layout, n = self.spec.layout, self.spec.dataset.num_samples
+        with self._lock:
+            todo = [b for b in blocks if (view, b) not in self._checked]
+        for b in todo:
+            r = slice(layout.block_range(b, n).start, layout.block_range(b, n).stop)
+            self._check(view, b, {name: self.store.read(name, view, r) for name in self.store.block_names()})
+        with self._lock:
+            self._checked.update((view, b) for b in todo)
+            if view not in self._seeds and all((view, b) in self._checked for b in range(layout.num_blocks(n))):
+                self._seeds[view] = self.store.read("seeds", view)
 
     def is_clean(self, view: int) -> bool:
         return self.spec.views.clean and view == 0
 
     # ------------------------------------------------------------------ view slices
     def _load(self, view: int) -> dict[str, np.ndarray]:
-        return {name: self.store.read(name, view) for name in self._fields}
+        data = {name: self.store.read(name, view) for name in self.store.block_names()}
+        layout, n = self.spec.layout, self.spec.dataset.num_samples
+        for b in range(layout.num_blocks(n)):
+            r = layout.block_range(b, n)
+            self._check(view, b, {name: arr[r.start : r.stop] for name, arr in data.items()})
+        with self._lock:
+            self._checked.update((view, b) for b in range(layout.num_blocks(n)))
+            self._seeds[view] = data.pop("seeds")
+        return data
 
     def prefetch(self, view: int) -> None:
         """Start reading a whole view slice in the background (no-op if over budget or loaded)."""
@@ -125,6 +174,8 @@ class CacheReader:
         for v in np.unique(views):
             pick = np.flatnonzero(views == v)
             data = self._slice(int(v))
+            if data is None:
+                self._check_blocks(int(v), np.unique(samples[pick] // self.spec.layout.block_samples).tolist())
             part = (
                 {name: arr[samples[pick]] for name, arr in data.items()}
                 if data is not None

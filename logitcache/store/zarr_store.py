@@ -7,9 +7,13 @@ store classes.
 Integrity: every chunk (and every shard index) carries a crc32c checksum appended by zarr's
 ``crc32c`` codec, so a flipped or truncated chunk fails to decode instead of returning data;
 a chunk that is missing altogether (which zarr would silently read as fill values) is found by
-listing the store against the chunk grid. Writes are whole blocks (a shard, or a chunk when
-unsharded) and each block has a progress marker written after its data, so a killed dump never
-leaves a half-written block marked done.
+listing the store against the chunk grid. A checksum cannot tell a valid chunk at the wrong key
+(say, two label chunks swapped), so every block's content is bound to its place by a digest
+(``digests``, ``label_digests``) that covers its coordinates and the bytes of every array in it.
+Writes are whole blocks (a shard, or a chunk when unsharded) and each block has a progress
+marker written after its data and digest, so a killed dump never leaves a half-written block
+marked done. Opening a store checks its spec against the spec's digest and every array's
+metadata against what the spec implies, so a hand-edited ``zarr.json`` is never read.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
 import zipfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +36,15 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 from zarr.errors import ContainsArrayError, ContainsGroupError
-from zarr.storage import FsspecStore, LocalStore, ZipStore
+from zarr.storage import FsspecStore, LocalStore, MemoryStore, ZipStore
 
 from ..errors import CacheBusy, CacheCorrupt, CacheError, CacheMismatch, CacheNotFound
 from .encodings import Field, get_encoding
-from .format import ATTR, CacheSpec, Provenance
+from .format import ATTR, CacheSpec, Provenance, check_version, spec_digest
 
 PROGRESS = "progress"
+DIGESTS, LABEL_DIGESTS = "digests", "label_digests"  # [V, B] and [B] uint64 block digests
+_BLOCK_GRID = (PROGRESS, DIGESTS, LABEL_DIGESTS)  # arrays with one element per block
 READ_LOCK = "-read"  # ".lock-read": readers hold it shared, deleting a store (--overwrite) exclusively
 WRITING, DONE = 1, 2  # progress marker states; 0 (absent) means not started
 _ZARR_CONFIG = {"write_empty_chunks": True}  # an all-zero chunk is still written, so "absent" means lost
@@ -93,6 +100,21 @@ def _codecs(spec: CacheSpec, dtype: np.dtype) -> list[Any]:
     return out
 
 
+def block_digest(view: int | None, block: int, arrays: Mapping[str, np.ndarray]) -> int:
+    """64 bits of the sha256 of a block's coordinates and of every array's name, dtype, shape and
+    bytes (``view`` None: the labels): a valid chunk moved to another key no longer matches."""
+    h = hashlib.sha256(f"logitcache block {view} {block}".encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @dataclass(frozen=True)
 class ChunkProblem:
     """One bad chunk: which array, which storage key, what is wrong with it."""
@@ -131,8 +153,10 @@ class ZarrStore:
                       if n not in own and not n.startswith(".lock") and not is_partial_write(n))
 
     @classmethod
-    def open(cls, location: str | os.PathLike, *, read_only: bool = True) -> ZarrStore:
-        """Open an existing store; the format version is checked before anything is read."""
+    def open(cls, location: str | os.PathLike, *, read_only: bool = True, checked: bool = True) -> ZarrStore:
+        """Open an existing store; the format version is checked before anything is read, then the
+        spec's digest and every array's metadata. ``checked=False`` (only to delete a store) takes an
+        older version's or a damaged store's spec as it is: its array names are all that is used."""
         path = _local_path(location)
         if path is not None and not path.exists():
             raise CacheNotFound(f"no cache at {path}: check the path, or make one with `logitcache dump`")
@@ -148,8 +172,17 @@ class ZarrStore:
         meta = group.attrs.get(ATTR)
         if not isinstance(meta, dict) or "spec" not in meta:
             raise CacheNotFound(f"{location} is a zarr group but not a logitcache store (no '{ATTR}' attribute)")
-        spec = CacheSpec.from_json(meta["spec"])
-        return cls(location, group, spec, Provenance.from_json(meta.get("provenance", {})))
+        check_version(meta["spec"], str(location), older=not checked)
+        if checked and meta.get("spec_sha256") != spec_digest(meta["spec"]):  # a spec edited after the dump
+            raise CacheCorrupt(
+                f"the spec in {location}/zarr.json does not match its spec_sha256 (edited after the dump?): "
+                "its arrays may hold something else; re-dump the store (the dump command with --overwrite)"
+            )
+        spec = CacheSpec.from_json(meta["spec"], location=str(location), older=not checked)
+        self = cls(location, group, spec, Provenance.from_json(meta.get("provenance", {}), location=str(location)))
+        if checked:
+            self._check_metadata()
+        return self
 
     @classmethod
     def create(cls, location: str | os.PathLike, spec: CacheSpec, provenance: Provenance, fields: Sequence[Field]) -> ZarrStore:
@@ -159,7 +192,7 @@ class ZarrStore:
         is completed by :meth:`ensure_arrays` when it is opened for resuming.
         """
         store = _zarr_store(location, read_only=False)
-        meta = {ATTR: {"spec": spec.to_json(), "provenance": provenance.to_json()}}
+        meta = {ATTR: _attrs(spec, provenance)}
         try:
             with remote_errors(location):
                 group = zarr.create_group(store=store, overwrite=False, attributes=meta)
@@ -169,48 +202,75 @@ class ZarrStore:
         self.ensure_arrays(fields)
         return self
 
-    def ensure_arrays(self, fields: Sequence[Field]) -> None:
-        """Create whichever of the spec's arrays do not exist yet (all of them for a new store)."""
-        spec, group = self.spec, self.group
+    def _array_args(self, fields: Sequence[Field]) -> dict[str, dict[str, Any]]:
+        """``create_array`` arguments of every array of the spec and these encoding fields, by name."""
+        spec = self.spec
         n, views, layout = spec.dataset.num_samples, spec.views.total, spec.layout
-        sharded = layout.shard_chunks > 0
-        path = _local_path(self.location)
-        if path is not None and path.suffix != ".zip":  # readers lock it without creating it (they never write)
-            (path / f".lock{READ_LOCK}").touch()
-
-        def exists(name: str) -> bool:
-            try:
-                return name in group
-            except (ValueError, TypeError):  # its zarr.json is damaged: array() refuses it, naming the fix
-                self.array(name)
-                raise
-
-        # Probe names one by one: listing the group would also meet the lock files.
-        existing = {name for name in ["labels", "seeds", *(f.name for f in fields), PROGRESS] if exists(name)}
+        blocks = layout.num_blocks(n)
+        out: dict[str, dict[str, Any]] = {}
 
         def add(name: str, shape: tuple[int, ...], dtype: str, per_view: bool) -> None:
-            if name in existing:
-                return
             dt = np.dtype(dtype)
             lead, lead_chunk = ((views,), (1,)) if per_view else ((), ())
             chunks = (*lead_chunk, min(layout.chunk_samples, n), *shape)
-            shards = (*lead_chunk, min(layout.block_samples, n), *shape) if sharded else None
-            if sharded and shards[len(lead)] % chunks[len(lead)]:
+            shards = (*lead_chunk, min(layout.block_samples, n), *shape) if layout.shard_chunks > 0 else None
+            if shards is not None and shards[len(lead)] % chunks[len(lead)]:
                 shards = None  # fewer samples than a shard: one chunk per block is the same thing
-            group.create_array(
-                name, shape=(*lead, n, *shape), dtype=dt, chunks=chunks, shards=shards,
-                compressors=_codecs(spec, dt), fill_value=0, config=_ZARR_CONFIG,
-            )
+            out[name] = dict(shape=(*lead, n, *shape), dtype=dt, chunks=chunks, shards=shards,
+                             compressors=_codecs(spec, dt), fill_value=0)
 
         add("labels", (), "int32", per_view=False)
         add("seeds", (), "uint32", per_view=True)
         for f in fields:
             add(f.name, f.trailing, f.dtype, per_view=True)
-        if PROGRESS not in existing:
-            group.create_array(
-                PROGRESS, shape=(views, layout.num_blocks(n)), dtype="uint8", chunks=(1, 1),
-                compressors=[Crc32cCodec()], fill_value=0, config=_ZARR_CONFIG,
+        # One object per marker and digest, uncompressed: writing one never touches another block's.
+        for name, shape, dtype in ((PROGRESS, (views, blocks), "uint8"), (DIGESTS, (views, blocks), "uint64"),
+                                   (LABEL_DIGESTS, (blocks,), "uint64")):
+            out[name] = dict(shape=shape, dtype=np.dtype(dtype), chunks=(1,) * len(shape), compressors=[Crc32cCodec()],
+                             fill_value=0)
+        return out
+
+    def _has_array(self, name: str) -> bool:
+        try:
+            return name in self.group
+        except (ValueError, TypeError):  # its zarr.json is damaged: array() refuses it, naming the fix
+            self.array(name)
+            raise
+
+    def ensure_arrays(self, fields: Sequence[Field]) -> None:
+        """Create whichever of the spec's arrays do not exist yet (all of them for a new store)."""
+        path = _local_path(self.location)
+        if path is not None and path.suffix != ".zip":  # readers lock it without creating it (they never write)
+            (path / f".lock{READ_LOCK}").touch()
+        for name, args in self._array_args(fields).items():
+            if not self._has_array(name):  # probed one by one: listing the group would also meet the lock files
+                self.group.create_array(name, **args, config=_ZARR_CONFIG)
+
+    def _check_metadata(self) -> None:
+        """Refuse arrays whose zarr.json differs from what the spec implies (a dtype, shape, chunk
+        grid, codec or fill value edited by hand would decode to other numbers), and declared sizes
+        that could not even be held in memory. Arrays not created yet are left to ``ensure_arrays``."""
+        spec = self.spec
+        n, views = spec.dataset.num_samples, spec.views.total
+        need = n * 16 + views * spec.layout.num_blocks(n) * 9  # labels, seeds, markers and digests held whole
+        if need > _physical_memory():
+            raise CacheCorrupt(
+                f"{self.location} declares {views} views of {n} samples, more than this machine could hold "
+                f"({need / 2**30:.0f} GiB of labels, seeds and markers alone): its metadata is damaged; re-dump it"
             )
+        expected = zarr.create_group(store=MemoryStore())
+        for name, args in self._array_args(get_encoding(spec.encoding, spec.dataset.num_classes).fields()).items():
+            if not self._has_array(name):
+                continue
+            want = expected.create_array(name, **args).metadata.to_dict()
+            got = self.array(name).metadata.to_dict()
+            for key in sorted(set(want) | set(got)):
+                if want.get(key) != got.get(key):
+                    raise CacheCorrupt(
+                        f"array {name!r} of {self.location} ({name}/zarr.json) has {key} {got.get(key)!r:.200} where "
+                        f"its spec implies {want.get(key)!r:.200}: the metadata was edited; re-dump the store "
+                        "(the dump command with --overwrite)"
+                    )
 
     @staticmethod
     def remove_partial_writes(location: str | os.PathLike) -> int:
@@ -258,7 +318,7 @@ class ZarrStore:
 
     # ------------------------------------------------------------------ attributes
     def _write_attrs(self) -> None:
-        self.group.attrs[ATTR] = {"spec": self.spec.to_json(), "provenance": self.provenance.to_json()}
+        self.group.attrs[ATTR] = _attrs(self.spec, self.provenance)
 
     def set_provenance(self, provenance: Provenance) -> None:
         """Replace the provenance attribute (zarr writes zarr.json by temporary file + rename)."""
@@ -284,19 +344,36 @@ class ZarrStore:
 
     def array_names(self) -> list[str]:
         """Every array of the store, from its spec (listing the group would also meet lock files)."""
-        fields = get_encoding(self.spec.encoding, self.spec.dataset.num_classes).fields()
-        return ["labels", "seeds", *(f.name for f in fields), PROGRESS]
+        return ["labels", *self.block_names(), PROGRESS, DIGESTS, LABEL_DIGESTS]
+
+    def block_names(self) -> list[str]:
+        """The per-view arrays, which a block's digest covers: seeds, then the encoding's fields."""
+        return ["seeds", *(f.name for f in get_encoding(self.spec.encoding, self.spec.dataset.num_classes).fields())]
 
     def write_labels(self, labels: np.ndarray) -> None:
-        self._overwrite("labels", (slice(None),), labels.astype(np.int32), self.storage_keys("labels"))
+        """Write the labels whole, then each block's digest of them."""
+        labels = np.asarray(labels, dtype=np.int32)
+        self._overwrite("labels", (slice(None),), labels, self.storage_keys("labels"))
+        n, layout = self.spec.dataset.num_samples, self.spec.layout
+        digests = [block_digest(None, b, {"labels": labels[r.start : r.stop]})
+                   for b, r in ((b, layout.block_range(b, n)) for b in range(layout.num_blocks(n)))]
+        self.array(LABEL_DIGESTS)[:] = np.array(digests, dtype=np.uint64)
 
-    def write_block(self, view: int, rows: range, arrays: dict[str, np.ndarray]) -> None:
-        """Write one block of every per-view array; ``rows`` must be a whole block."""
-        for name, data in arrays.items():
-            arr = self.array(name)
-            shard = (view, rows.start // arr.shards[1], *(0,) * (arr.ndim - 2)) if arr.shards else None
-            keys = [arr.metadata.encode_chunk_key(shard)] if shard else []
-            self._overwrite(name, (view, slice(rows.start, rows.stop)), data, keys)
+    def write_block(self, view: int, rows: range, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one block of every per-view array (``block_names``), then its digest; ``rows`` must be
+        a whole block."""
+        stored = {name: self._write_rows(name, view, rows, data) for name, data in arrays.items()}
+        block = rows.start // self.spec.layout.block_samples
+        self.array(DIGESTS)[view, block] = block_digest(view, block, {n: stored[n] for n in self.block_names()})
+
+    def _write_rows(self, name: str, view: int, rows: range, data: np.ndarray) -> np.ndarray:
+        """One array's rows of a block; returns them as stored (the digest is of the stored dtype)."""
+        arr = self.array(name)
+        data = np.asarray(data, dtype=arr.dtype)
+        shard = (view, rows.start // arr.shards[1], *(0,) * (arr.ndim - 2)) if arr.shards else None
+        keys = [arr.metadata.encode_chunk_key(shard)] if shard else []
+        self._overwrite(name, (view, slice(rows.start, rows.stop)), data, keys)
+        return data
 
     def _overwrite(self, name: str, selection: tuple, data: np.ndarray, keys: Sequence[str]) -> None:
         """``array[selection] = data``, where the selection covers the storage objects ``keys`` whole.
@@ -320,15 +397,18 @@ class ZarrStore:
 
     def progress(self) -> np.ndarray:
         """(views, blocks) marker states; a marker that fails its checksum counts as 0."""
-        arr = self.array(PROGRESS)
+        return self.read_grid(PROGRESS)
+
+    def read_grid(self, name: str) -> np.ndarray:
+        """A per-block array (markers, digests); an element that fails its checksum reads as 0."""
+        arr = self.array(name)
         try:
             return arr[:]
         except Exception:  # a torn marker write: read one by one, treating bad ones as not done
-            out = np.zeros(arr.shape, dtype=np.uint8)
-            for v in range(arr.shape[0]):
-                for b in range(arr.shape[1]):
-                    with contextlib.suppress(Exception):
-                        out[v, b] = arr[v, b]
+            out = np.zeros(arr.shape, dtype=arr.dtype)
+            for c in np.ndindex(*arr.shape):
+                with contextlib.suppress(Exception):
+                    out[c] = arr[c]
             return out
 
     def read(self, name: str, view: int | None = None, rows: slice | np.ndarray | None = None) -> np.ndarray:
@@ -343,7 +423,7 @@ class ZarrStore:
         except CacheError:
             raise
         except Exception as e:
-            bad = self.check_chunks([name], views=None if view is None else [view], decode=True)
+            bad = self._chunk_problems([name], None if view is None else [view], decode=True)
             where = "; ".join(str(p) for p in bad[:3]) or f"{name}: {e}"
             raise CacheCorrupt(
                 f"corrupt data in {self.location}: {where}. Never use it for training: run "
@@ -365,9 +445,48 @@ class ZarrStore:
     def block_of(self, key: str) -> tuple[int, int]:
         """(view, block) that a per-view storage key ``name/c/<view>/<chunk>[/...]`` belongs to."""
         parts = key.split("/")
-        arr = self.array(parts[0])
         view, chunk = int(parts[2]), int(parts[3])
-        return view, chunk * (arr.shards or arr.chunks)[1] // self.spec.layout.block_samples
+        if parts[0] in _BLOCK_GRID:
+            return view, chunk
+        return view, chunk * (self.array(parts[0]).shards or self.array(parts[0]).chunks)[1] // self.spec.layout.block_samples
+
+    # ------------------------------------------------------------------ content
+    def read_labels(self) -> np.ndarray:
+        """The labels, checked against their digests and the class count (CacheCorrupt otherwise)."""
+        labels = self.read("labels")
+        bad = self._label_problems(labels)
+        if bad:
+            raise CacheCorrupt(f"{self.location}: {bad[0]}. Never use it for training: re-run the dump command "
+                               "(it rewrites the labels)")
+        return labels
+
+    def _label_problems(self, labels: np.ndarray) -> list[ChunkProblem]:
+        n, layout, classes = self.spec.dataset.num_samples, self.spec.layout, self.spec.dataset.num_classes
+        stored, arr = self.read_grid(LABEL_DIGESTS), self.array("labels")
+        out = []
+        for b in range(layout.num_blocks(n)):
+            r = layout.block_range(b, n)
+            if block_digest(None, b, {"labels": labels[r.start : r.stop]}) != stored[b]:
+                key = arr.metadata.encode_chunk_key((r.start // (arr.shards or arr.chunks)[0],))
+                out.append(ChunkProblem("labels", f"labels/{key}", "content does not match its digest (a chunk from elsewhere?)"))
+        outside = np.flatnonzero((labels < 0) | (labels >= classes))
+        if len(outside):
+            out.append(ChunkProblem("labels", "labels", f"sample {int(outside[0])} has label {int(labels[outside[0]])}, "
+                                                        f"outside 0..{classes - 1}"))
+        return out
+
+    def block_problem(self, view: int, block: int, data: Mapping[str, np.ndarray], digest: int) -> str | None:
+        """What is wrong with a block's content as read (every ``block_names`` array): a digest that
+        differs from ``digest`` (the stored one), or class indices beyond the class count."""
+        if block_digest(view, block, {n: data[n] for n in self.block_names()}) != digest:
+            return f"view {view} block {block}: content does not match its digest (a chunk from elsewhere, or never written)"
+        classes, indices = self.spec.dataset.num_classes, data.get("topk_indices")
+        if indices is not None:
+            outside = np.flatnonzero(((indices < 0) | (indices >= classes)).any(axis=-1))
+            if len(outside):
+                sample = self.spec.layout.block_range(block, self.spec.dataset.num_samples).start + int(outside[0])
+                return f"view {view} sample {sample}: topk_indices outside 0..{classes - 1}"
+        return None
 
     def listed_keys(self) -> set[str]:
         store = self.group.store
@@ -376,8 +495,13 @@ class ZarrStore:
     def check_chunks(
         self, names: Sequence[str] | None = None, *, views: Sequence[int] | None = None, decode: bool = True
     ) -> list[ChunkProblem]:
-        """Every storage object of the given arrays present, not empty and (optionally) decoding cleanly."""
+        """Every storage object of the given arrays present, not empty and (optionally) decoding cleanly,
+        and then (with ``decode``) the content of every block checked against its digest."""
         names = list(names) if names is not None else self.array_names()
+        problems = self._chunk_problems(names, views, decode)
+        return problems + self._content_problems(names, views, problems) if decode else problems
+
+    def _chunk_problems(self, names: Sequence[str], views: Sequence[int] | None, decode: bool) -> list[ChunkProblem]:
         present = self.listed_keys()
         problems: list[ChunkProblem] = []
         for name in names:
@@ -402,6 +526,29 @@ class ZarrStore:
                 except Exception as e:  # zarr raises ValueError/RuntimeError from codecs
                     problems.append(ChunkProblem(name, full_key, f"does not decode ({str(e).splitlines()[0][:120]})"))
         return problems
+
+    def _content_problems(self, names: Sequence[str], views: Sequence[int] | None,
+                          known: Sequence[ChunkProblem]) -> list[ChunkProblem]:
+        """Digest and range problems of the blocks (of the arrays in ``names``) whose chunks are all
+        there and decode; only blocks marked done have a digest."""
+        out: list[ChunkProblem] = []
+        if "labels" in names and not any(p.array in ("labels", LABEL_DIGESTS) for p in known):
+            out += self._label_problems(self.read("labels"))
+        block_names = self.block_names()
+        if not set(block_names) <= set(names):
+            return out
+        n, layout = self.spec.dataset.num_samples, self.spec.layout
+        damaged = {self.block_of(p.key) for p in known if p.array in (*block_names, DIGESTS)}
+        digests, state = self.read_grid(DIGESTS), self.progress()
+        for v in range(self.spec.views.total) if views is None else views:
+            for b in range(layout.num_blocks(n)):
+                if state[v, b] != DONE or (v, b) in damaged:
+                    continue
+                r = slice(layout.block_range(b, n).start, layout.block_range(b, n).stop)
+                problem = self.block_problem(v, b, {name: self.read(name, v, r) for name in block_names}, int(digests[v, b]))
+                if problem:
+                    out.append(ChunkProblem(DIGESTS, f"{DIGESTS}/c/{v}/{b}", problem))
+        return out
 
     def nbytes_stored(self) -> int:
         path = _local_path(self.location)
@@ -443,6 +590,11 @@ def remote_errors(location: str | os.PathLike) -> Iterator[None]:
             f"cannot use {location}: {detail}; check the URL, that the bucket exists, and the endpoint "
             "(AWS_ENDPOINT_URL) and credentials"
         ) from None
+
+
+def _attrs(spec: CacheSpec, provenance: Provenance) -> dict[str, Any]:
+    spec_json = spec.to_json()
+    return {"spec": spec_json, "spec_sha256": spec_digest(spec_json), "provenance": provenance.to_json()}
 
 
 async def _collect(it: Any) -> list[str]:

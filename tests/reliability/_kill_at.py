@@ -73,7 +73,7 @@ def _install(point: str) -> None:
         def writing(self, view, rows, arrays):
             if counter.hit():
                 first = next(iter(arrays))
-                write_block(self, view, rows, {first: arrays[first]})
+                self._write_rows(first, view, rows, arrays[first])
                 _die()
             return write_block(self, view, rows, arrays)
 

@@ -93,7 +93,7 @@ def newer_store(make_cache, tmp_path_factory):
     path = tmp_path_factory.mktemp("newer") / "c.zarr"
     shutil.copytree(make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16), path)
     meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"][ATTR]["spec"]["format_version"] = 2
+    meta["attributes"][ATTR]["spec"]["format_version"] = 3
     (path / "zarr.json").write_text(json.dumps(meta))
     return path
 
@@ -104,7 +104,7 @@ CACHES = {  # --cache value -> words the message must hold
     "empty folder": ("empty", ["is not a zarr store (no zarr.json)"]),
     "folder of other files": ("plain", ["is not a zarr store (no zarr.json)"]),
     "zarr group, not a cache": ("other.zarr", ["is a zarr group but not a logitcache store"]),
-    "newer format": ("NEWER", ["store format version 2 is newer than this logitcache reads (1)", "upgrade logitcache"]),
+    "newer format": ("NEWER", ["store format version 3 is newer than this logitcache reads (2)", "upgrade logitcache"]),
 }
 
 

@@ -4,18 +4,23 @@ For each fault: ``logitcache verify`` exits non-zero naming the chunk; the reade
 ``logitcache train``) refuses it naming the chunk, and never hands out its data;
 ``verify --repair`` followed by the same dump command restores a store equal to an undamaged one,
 file for file. Also: damaged metadata, a damaged progress marker, and the two things checksums
-cannot see (a valid chunk at the wrong key; a store dumped ``--no-checksum``), which only the
-replay of ``verify`` catches.
+cannot see (a valid chunk at the wrong key; a store dumped ``--no-checksum``), which the block
+digests catch; metadata edited by hand (array zarr.json, spec, provenance) and labels or class
+indices that cannot be right, each refused in one line.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 
 import numpy as np
 import pytest
+import zarr
 
-from logitcache.errors import CacheCorrupt, CacheNotFound
+from logitcache.errors import CacheCorrupt, CacheNotFound, LogitcacheError
+from logitcache.store.format import ATTR, FORMAT_VERSION, spec_digest
 from logitcache.store.reader import CacheReader
 from logitcache.store.zarr_store import DONE, ZarrStore
 
@@ -179,24 +184,185 @@ def test_damaged_group_metadata_is_refused(fault, damaged, damage, run_cli, snap
     assert after == before and not (tmp_path / "run").exists()
 
 
-def test_a_valid_chunk_at_the_wrong_key_is_found_by_replay_only(damaged, run_cli):
-    """Checksums protect a chunk's bytes, not where it sits: a chunk copied over another one of
-    the same array (say, by a botched manual copy) decodes fine. The reader cannot tell; the
-    teacher replay of ``verify`` (every pair here) does."""
-    ref, path, _ = damaged("topk-fp16")
-    shutil.copyfile(path / "lse" / "c" / "1" / "0", path / "lse" / "c" / "2" / "0")
-    assert run_cli(["verify", path, "--samples", "0"]).code == 0  # integrity alone: fine
-    assert not np.array_equal(_read_view(path, 2).lse, _read_view(ref, 2).lse)  # wrong rows, silently
-    result = run_cli(["verify", path, "--samples", "100000", "--random-init", "--device", "cpu"])
-    assert result.code == 1 and "FAIL view 2 sample " in result.err
+# (layout, array, from key, to key, swap or copy): valid chunks at the wrong key, within a view,
+# across views, of the labels (the trial's repro: labels/c/0 and labels/c/1 swapped) and of shards;
+# always into view 1, which the first epoch of train reads.
+MOVES = [
+    ("topk-fp16", "labels", "c/0", "c/1", "swap"),
+    ("topk-fp16", "lse", "c/2/0", "c/1/0", "copy"),
+    ("topk-fp16", "topk_values", "c/1/0/0", "c/1/1/0", "copy"),
+    ("topk-fp16", "seeds", "c/1/1", "c/1/3", "copy"),
+    ("topk-q8-sharded", "topk_gaps", "c/2/0/0", "c/1/0/0", "copy"),
+    ("topk-q8-sharded", "labels", "c/0", "c/2", "swap"),
+]
 
 
-def test_without_checksums_a_flipped_byte_can_go_unseen(run_cli, damage, tmp_path):
-    """``--no-checksum`` stores have no per-chunk protection: a flipped byte inside a compressed
-    chunk may decode to plausible numbers. This is why checksums are on by default."""
+def _train(path, out) -> list:
+    return ["train", "--student", "resnet8", "--dataset", SYNTHETIC, "--cache", path, "--out", out,
+            "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"]
+
+
+def _one_error_line(result, *words: str) -> None:
+    assert result.code == 2 and "Traceback" not in result.err, result.err
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+    for word in words:
+        assert word in result.err, result.err
+
+
+@pytest.mark.parametrize(("layout", "array", "src", "dst", "how"), MOVES, ids=[f"{m[0]}-{m[1]}-{m[4]}" for m in MOVES])
+def test_a_valid_chunk_at_the_wrong_key_is_found_without_replay(layout, array, src, dst, how, damaged, run_cli,
+                                                                assert_same_store, tmp_path):
+    """Checksums protect a chunk's bytes, not where it sits: each block's digest covers its
+    coordinates and content, so the integrity check, the reader and train refuse it, and repair
+    plus the dump command restore the store."""
+    ref, path, dump_command = damaged(layout)
+    a, b = path / array / src, path / array / dst
+    if how == "swap":
+        raw = a.read_bytes()
+        shutil.copyfile(b, a)
+        b.write_bytes(raw)
+    else:
+        shutil.copyfile(a, b)
+    result = run_cli(["verify", path, "--samples", "0"])
+    assert result.code == 1 and "does not match its digest" in result.err, result.err
+    named = f"labels chunk labels/{dst}" if array == "labels" else "digests chunk digests/c/{}/{}".format(
+        *ZarrStore.open(path).block_of(f"{array}/{dst}"))
+    assert named in result.err
+    with pytest.raises(CacheCorrupt, match="does not match its digest"):
+        if array == "seeds":
+            CacheReader(path).seeds(1)
+        else:
+            _read_view(path, 1)
+    fix = "re-run the dump command" if array == "labels" else "verify --repair"
+    _one_error_line(run_cli(_train(path, tmp_path / "run")), "does not match its digest", fix)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+    assert run_cli(["verify", path, "--samples", "0", "--repair"]).code == 1
+    again = run_cli(dump_command)
+    assert again.code == 0, again.err
+    assert f"wrote {0 if array == 'labels' else 1} blocks" in again.out
+    assert_same_store(ref, path)
+
+
+def test_labels_that_are_not_the_datasets_are_refused(damaged, run_cli, reseal, tmp_path):
+    """Labels consistent with their digests (as a dump of other labels would write them) but not
+    the training data's: train refuses before any step, and the replay of verify names them."""
+    _, path, _ = damaged("topk-fp16")
+    labels = zarr.open_group(str(path), mode="r+")["labels"]
+    labels[:16], labels[16:32] = labels[16:32], labels[:16]
+    reseal(path)
+    assert run_cli(["verify", path, "--samples", "0"]).code == 0  # consistent in itself
+    _one_error_line(run_cli(_train(path, tmp_path / "run")), "labels stored in", "differ from synthetic")
+    assert not (tmp_path / "run").exists()
+    result = run_cli(["verify", path, "--samples", "10", "--random-init", "--device", "cpu"])
+    assert result.code == 1 and "stored labels differ from the dataset's" in result.err, result.err
+
+
+@pytest.mark.parametrize("array", ["labels", "topk_indices"])
+def test_class_indices_out_of_range_are_refused_naming_the_pair(array, damaged, run_cli, reseal, tmp_path):
+    """A label or stored class beyond the class count, with valid checksums and digests: refused
+    by the reader, naming the sample (and view), and by verify; never an IndexError."""
+    _, path, _ = damaged("topk-fp16")
+    arr = zarr.open_group(str(path), mode="r+")[array]
+    if array == "labels":
+        arr[37] = 10
+    else:
+        arr[1, 37, 2] = 200
+    reseal(path)
+    where = "sample 37 has label 10, outside 0..9" if array == "labels" else "view 1 sample 37: topk_indices outside 0..9"
+    with pytest.raises(CacheCorrupt, match=where):
+        _read_view(path, 1)
+    assert where in run_cli(["verify", path, "--samples", "0"]).err
+    _one_error_line(run_cli(_train(path, tmp_path / "run")), where)
+
+
+def _edit_json(file, edit) -> None:
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+
+
+def _spec_edit(change, *, reseal_digest: bool = False):
+    def edit(meta):
+        attrs = meta["attributes"][ATTR]
+        change(attrs["spec"])
+        if reseal_digest:  # a forger who also recomputed the digest
+            attrs["spec_sha256"] = spec_digest(attrs["spec"])
+    return "zarr.json", edit
+
+
+def _set(path: str, value):
+    *parents, last = path.split(".")
+
+    def change(d):
+        for key in parents:
+            d = d[key]
+        d[last] = value(d[last]) if callable(value) else value
+    return change
+
+
+def _array_edit(array, change):
+    return f"{array}/zarr.json", change
+
+
+# What the trial and the brief name: each edit is refused in one line by verify, info and train,
+# quickly (no allocation of what a forged size declares), naming what to do.
+METADATA_EDITS = {
+    "no-crc32c": _array_edit("topk_values", lambda m: m["codecs"].pop()),
+    "float16-as-int16": _array_edit("topk_values", lambda m: m.update(data_type="int16")),
+    "chunk-shape-0": _array_edit("lse", _set("chunk_grid.configuration.chunk_shape", [1, 0])),
+    "fill-value": _array_edit("seeds", _set("fill_value", 7)),
+    "augmentation-padding": _spec_edit(_set("views.augmentation.padding", lambda p: p + 1)),
+    "encoding-k": _spec_edit(_set("encoding.k", 2)),
+    "num-samples": _spec_edit(_set("dataset.num_samples", 63)),
+    "views-count": _spec_edit(_set("views.count", 3)),
+    "views-count-1e9": _spec_edit(_set("views.count", 1e9)),
+    "forged-views-count-1e9": _spec_edit(_set("views.count", 10**9), reseal_digest=True),
+    "forged-num-samples-1e12": _spec_edit(_set("dataset.num_samples", 10**12), reseal_digest=True),
+    "forged-chunk-samples": _spec_edit(_set("layout.chunk_samples", 8), reseal_digest=True),
+    "spec-a-string": ("zarr.json", lambda m: m["attributes"][ATTR].update(spec="topk")),
+    "provenance-a-list": ("zarr.json", lambda m: m["attributes"][ATTR].update(provenance=[1])),
+    "provenance-field-type": ("zarr.json", lambda m: m["attributes"][ATTR]["provenance"].update(complete="yes")),
+}
+
+
+@pytest.mark.parametrize("edit", list(METADATA_EDITS))
+def test_edited_metadata_is_refused_in_one_line(edit, damaged, run_cli, tmp_path):
+    _, path, _ = damaged("topk-fp16")
+    file, change = METADATA_EDITS[edit]
+    if edit == "no-crc32c":
+        damage_file = path / "topk_values" / "c" / "1" / "1" / "0"
+        raw = bytearray(damage_file.read_bytes())
+        raw[len(raw) // 2] ^= 0x20
+        damage_file.write_bytes(bytes(raw))
+    _edit_json(path / file, change)
+    start = time.perf_counter()
+    with pytest.raises(LogitcacheError):
+        _read_view(path, 1)
+    for command in (["verify", path, "--samples", "0"], ["info", path], _train(path, tmp_path / "run")):
+        _one_error_line(run_cli(command), "re-dump")
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_store_of_the_previous_format_is_refused_and_replaced_by_overwrite(damaged, run_cli, assert_same_store,
+                                                                          tmp_path):
+    ref, path, dump_command = damaged("topk-fp16")
+    _edit_json(path / "zarr.json", lambda m: m["attributes"][ATTR]["spec"].update(format_version=FORMAT_VERSION - 1))
+    for command in (["verify", path, "--samples", "0"], _train(path, tmp_path / "run"), dump_command):
+        _one_error_line(run_cli(command), "made by an older logitcache", "re-dump it")
+    again = run_cli([*dump_command, "--overwrite"])
+    assert again.code == 0, again.err
+    assert_same_store(ref, path)
+
+
+def test_without_checksums_a_flipped_byte_is_found_by_the_digest(run_cli, damage, tmp_path):
+    """``--no-checksum`` stores have no per-chunk checksum: a flipped byte inside a compressed
+    chunk may decode to plausible numbers, which the block's digest then refuses."""
     path = tmp_path / "c.zarr"
     assert run_cli(["dump", *BASE, *LAYOUTS["topk-fp16"][0], "--no-checksum", "--out", path]).code == 0
-    before = _read_view(path, 1).topk_values.clone()
     damage(path / "topk_gaps" / "c" / "1" / "1" / "0", "flip")
-    assert run_cli(["verify", path, "--samples", "0"]).code == 0  # integrity check has nothing to check
-    assert not np.array_equal(_read_view(path, 1).topk_values.numpy(), before.numpy())  # and data changed
+    result = run_cli(["verify", path, "--samples", "0"])
+    assert result.code == 1 and "FAIL digests chunk digests/c/1/1: view 1 block 1: content does not match" in result.err
+    with pytest.raises(CacheCorrupt, match="view 1 block 1: content does not match its digest"):
+        _read_view(path, 1)

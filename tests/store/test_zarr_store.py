@@ -12,6 +12,7 @@ from logitcache.errors import CacheBusy, CacheCorrupt, CacheMismatch, CacheNotFo
 from logitcache.store.encodings import get_encoding
 from logitcache.store.format import (
     ATTR,
+    spec_digest,
     CacheSpec,
     CodecInfo,
     DatasetInfo,
@@ -21,7 +22,7 @@ from logitcache.store.format import (
     TeacherInfo,
     ViewsInfo,
 )
-from logitcache.store.zarr_store import DONE, PROGRESS, WRITING, ZarrStore, flock
+from logitcache.store.zarr_store import DIGESTS, DONE, LABEL_DIGESTS, PROGRESS, WRITING, ZarrStore, flock
 from logitcache.views import ViewSpec
 
 PROV = Provenance(tool_version="test", created_at="2026-01-01T00:00:00+00:00")
@@ -49,11 +50,9 @@ def _fill(store: ZarrStore, seed: int = 0) -> dict[str, np.ndarray]:
     spec = store.spec
     n, layout = spec.dataset.num_samples, spec.layout
     written = {}
-    for name in store.array_names():
-        if name in ("labels", PROGRESS):
-            continue
+    for name in store.block_names():
         arr = store.array(name)
-        data = rng.integers(0, 200, arr.shape).astype(arr.dtype)
+        data = rng.integers(0, spec.dataset.num_classes if name == "topk_indices" else 200, arr.shape).astype(arr.dtype)
         written[name] = data
     store.write_labels(rng.integers(0, spec.dataset.num_classes, n))
     for v in range(spec.views.total):
@@ -80,7 +79,7 @@ def _fill(store: ZarrStore, seed: int = 0) -> dict[str, np.ndarray]:
 def test_created_layout(tmp_path, encoding, arrays):
     spec = _spec(encoding=encoding)
     store = _create(tmp_path / "c.zarr", spec)
-    assert store.array_names() == ["labels", "seeds", *arrays, PROGRESS]
+    assert store.array_names() == ["labels", "seeds", *arrays, PROGRESS, DIGESTS, LABEL_DIGESTS]
     labels, seeds, progress = store.array("labels"), store.array("seeds"), store.array(PROGRESS)
     assert (labels.shape, labels.dtype, labels.chunks) == ((300,), np.dtype("int32"), (64,))
     assert (seeds.shape, seeds.dtype, seeds.chunks) == ((3, 300), np.dtype("uint32"), (1, 64))
@@ -95,7 +94,8 @@ def test_created_layout(tmp_path, encoding, arrays):
     pmeta = json.loads((tmp_path / "c.zarr" / PROGRESS / "zarr.json").read_text())
     assert [c["name"] for c in pmeta["codecs"]] == ["bytes", "crc32c"]
     group = json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())
-    assert group["attributes"][ATTR] == {"spec": spec.to_json(), "provenance": PROV.to_json()}
+    assert group["attributes"][ATTR] == {"spec": spec.to_json(), "spec_sha256": spec_digest(spec.to_json()),
+                                         "provenance": PROV.to_json()}
     assert (store.progress() == 0).all()
     again = ZarrStore.open(tmp_path / "c.zarr")
     assert again.spec == spec and again.provenance == PROV
@@ -155,9 +155,9 @@ def test_newer_format_version_is_refused_on_open(tmp_path):
     _create(tmp_path / "c.zarr", _spec())
     meta_path = tmp_path / "c.zarr" / "zarr.json"
     meta = json.loads(meta_path.read_text())
-    meta["attributes"][ATTR]["spec"]["format_version"] = 2
+    meta["attributes"][ATTR]["spec"]["format_version"] = 3
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(CacheMismatch, match="format version 2 is newer"):
+    with pytest.raises(CacheMismatch, match="format version 3 is newer"):
         ZarrStore.open(tmp_path / "c.zarr")
 
 
