@@ -155,8 +155,8 @@ def reseal(path: Path) -> Path:
     store.write_labels(store.read("labels"))
     for v in range(store.spec.views.total):
         for b in range(layout.num_blocks(n)):
-            r = slice(layout.block_range(b, n).start, layout.block_range(b, n).stop)
-            store.array(DIGESTS)[v, b] = block_digest(v, b, {name: store.read(name, v, r) for name in store.block_names()})
+            rows = layout.block_slice(b, n)
+            store.array(DIGESTS)[v, b] = block_digest(v, b, {name: store.read(name, v, rows) for name in store.block_names()})
     return path
 
 

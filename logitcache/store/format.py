@@ -2,7 +2,8 @@
 
 A store is a zarr v3 group. Its attribute ``logitcache`` holds a :class:`CacheSpec` (what the
 cache *is*: teacher, dataset, views, encoding, layout; two dumps with equal specs write equal
-arrays) and a :class:`Provenance` (how and when it was made, teacher accuracy, completion).
+arrays) with its sha256 (``spec_sha256``: a spec edited after the dump is refused), and a
+:class:`Provenance` (how and when it was made, teacher accuracy, completion).
 ``docs/format.md`` describes every field and array; keep the two in step, and bump
 ``FORMAT_VERSION`` whenever a reader of the old version would misread a new store.
 """
@@ -166,6 +167,10 @@ class Layout:
     def block_range(self, block: int, num_samples: int) -> range:
         start = block * self.block_samples
         return range(start, min(start + self.block_samples, num_samples))
+
+    def block_slice(self, block: int, num_samples: int) -> slice:
+        rows = self.block_range(block, num_samples)
+        return slice(rows.start, rows.stop)
 
 
 @dataclass(frozen=True, kw_only=True)

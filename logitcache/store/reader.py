@@ -116,8 +116,8 @@ class CacheReader:
         with self._lock:
             todo = [b for b in blocks if (view, b) not in self._checked]
         for b in todo:
-            r = slice(layout.block_range(b, n).start, layout.block_range(b, n).stop)
-            self._check(view, b, {name: self.store.read(name, view, r) for name in self.store.block_names()})
+            rows = layout.block_slice(b, n)
+            self._check(view, b, {name: self.store.read(name, view, rows) for name in self.store.block_names()})
         with self._lock:
             self._checked.update((view, b) for b in todo)
             if view not in self._seeds and all((view, b) in self._checked for b in range(layout.num_blocks(n))):
@@ -131,8 +131,7 @@ class CacheReader:
         data = {name: self.store.read(name, view) for name in self.store.block_names()}
         layout, n = self.spec.layout, self.spec.dataset.num_samples
         for b in range(layout.num_blocks(n)):
-            r = layout.block_range(b, n)
-            self._check(view, b, {name: arr[r.start : r.stop] for name, arr in data.items()})
+            self._check(view, b, {name: arr[layout.block_slice(b, n)] for name, arr in data.items()})
         with self._lock:
             self._checked.update((view, b) for b in range(layout.num_blocks(n)))
             self._seeds[view] = data.pop("seeds")

@@ -355,8 +355,7 @@ class ZarrStore:
         labels = np.asarray(labels, dtype=np.int32)
         self._overwrite("labels", (slice(None),), labels, self.storage_keys("labels"))
         n, layout = self.spec.dataset.num_samples, self.spec.layout
-        digests = [block_digest(None, b, {"labels": labels[r.start : r.stop]})
-                   for b, r in ((b, layout.block_range(b, n)) for b in range(layout.num_blocks(n)))]
+        digests = [block_digest(None, b, {"labels": labels[layout.block_slice(b, n)]}) for b in range(layout.num_blocks(n))]
         self.array(LABEL_DIGESTS)[:] = np.array(digests, dtype=np.uint64)
 
     def write_block(self, view: int, rows: range, arrays: Mapping[str, np.ndarray]) -> None:
@@ -448,7 +447,8 @@ class ZarrStore:
         view, chunk = int(parts[2]), int(parts[3])
         if parts[0] in _BLOCK_GRID:
             return view, chunk
-        return view, chunk * (self.array(parts[0]).shards or self.array(parts[0]).chunks)[1] // self.spec.layout.block_samples
+        arr = self.array(parts[0])
+        return view, chunk * (arr.shards or arr.chunks)[1] // self.spec.layout.block_samples
 
     # ------------------------------------------------------------------ content
     def read_labels(self) -> np.ndarray:
@@ -465,9 +465,9 @@ class ZarrStore:
         stored, arr = self.read_grid(LABEL_DIGESTS), self.array("labels")
         out = []
         for b in range(layout.num_blocks(n)):
-            r = layout.block_range(b, n)
-            if block_digest(None, b, {"labels": labels[r.start : r.stop]}) != stored[b]:
-                key = arr.metadata.encode_chunk_key((r.start // (arr.shards or arr.chunks)[0],))
+            rows = layout.block_slice(b, n)
+            if block_digest(None, b, {"labels": labels[rows]}) != stored[b]:
+                key = arr.metadata.encode_chunk_key((rows.start // (arr.shards or arr.chunks)[0],))
                 out.append(ChunkProblem("labels", f"labels/{key}", "content does not match its digest (a chunk from elsewhere?)"))
         outside = np.flatnonzero((labels < 0) | (labels >= classes))
         if len(outside):
@@ -484,7 +484,7 @@ class ZarrStore:
         if indices is not None:
             outside = np.flatnonzero(((indices < 0) | (indices >= classes)).any(axis=-1))
             if len(outside):
-                sample = self.spec.layout.block_range(block, self.spec.dataset.num_samples).start + int(outside[0])
+                sample = self.spec.layout.block_slice(block, self.spec.dataset.num_samples).start + int(outside[0])
                 return f"view {view} sample {sample}: topk_indices outside 0..{classes - 1}"
         return None
 
@@ -544,8 +544,8 @@ class ZarrStore:
             for b in range(layout.num_blocks(n)):
                 if state[v, b] != DONE or (v, b) in damaged:
                     continue
-                r = slice(layout.block_range(b, n).start, layout.block_range(b, n).stop)
-                problem = self.block_problem(v, b, {name: self.read(name, v, r) for name in block_names}, int(digests[v, b]))
+                rows = layout.block_slice(b, n)
+                problem = self.block_problem(v, b, {name: self.read(name, v, rows) for name in block_names}, int(digests[v, b]))
                 if problem:
                     out.append(ChunkProblem(DIGESTS, f"{DIGESTS}/c/{v}/{b}", problem))
         return out

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from logitcache.store.format import ATTR
-from logitcache.store.zarr_store import DONE, PROGRESS, ZarrStore
+from logitcache.store.zarr_store import DIGESTS, DONE, PROGRESS, ZarrStore
 
 KILL_AT = Path(__file__).with_name("_kill_at.py")
 SYNTHETIC = "synthetic:n=96,size=8"
@@ -95,13 +95,12 @@ def check_killed_store(path: Path, ref: Path) -> np.ndarray | None:
     assert not store.provenance.complete or (state == DONE).all()  # complete only once all is done
     layout, n = store.spec.layout, store.spec.dataset.num_samples
     for v, b in np.argwhere(state == DONE):
-        rows = layout.block_range(int(b), n)
-        for name in names:
-            if name in ("labels", PROGRESS):
-                continue
-            want = reference.read(name, int(v), rows=slice(rows.start, rows.stop))
-            got = store.read(name, int(v), rows=slice(rows.start, rows.stop))  # raises if a chunk is missing
+        rows = layout.block_slice(int(b), n)
+        for name in store.block_names():
+            want = reference.read(name, int(v), rows=rows)
+            got = store.read(name, int(v), rows=rows)  # raises if a chunk is missing
             assert np.array_equal(got, want), f"block ({v}, {b}) is marked done but {name} differs"
+        assert store.read_grid(DIGESTS)[v, b] == reference.read_grid(DIGESTS)[v, b], f"digest of block ({v}, {b})"
     return state
 
 

@@ -8,10 +8,13 @@
 3. Round trip through a real store: random (V, N, C, k, chunk samples, shard chunks, dtype,
    codec) written block by block with ``ZarrStore.create`` + ``write_block``, then read through
    ``CacheReader`` in random orders and memory budgets, equals decoding what was encoded.
+4. Metadata edits (below): harmless or refused in one line.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from logitcache.errors import LogitcacheError
 from logitcache.store.encodings import get_encoding
 from logitcache.store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
 from logitcache.store.format import (
@@ -176,3 +180,71 @@ def test_store_round_trip_through_the_reader(spec, seed, budget, reads):
                     assert a is None or (a.dtype == b.dtype and torch.equal(a, b)), name
         finally:
             reader.close()
+
+
+# --------------------------------------------------------------------------- metadata edits
+# 4. Any single edit of a store's metadata — a key of the group's or an array's zarr.json deleted,
+#    set to another value or type, or a number bumped — is either harmless (every label, seed and
+#    decoded teacher row read through CacheReader is what the unedited store gives) or refused
+#    with one line (a LogitcacheError): never other data, never another exception.
+_VALUES = [0, 1, -1, 3, 2**40, 1e9, 0.5, "", "x", "float16", "int16", "crc32c", None, True, False, [], {}, [0], {"a": 1}]
+
+
+def _json_paths(node, prefix: tuple = ()):
+    if prefix:
+        yield prefix
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from _json_paths(child, (*prefix, key))
+
+
+def _edited(meta, path: tuple, op: str, value):
+    *parents, last = path
+    node = meta
+    for key in parents:
+        node = node[key]
+    if op == "delete":
+        del node[last]
+    elif op == "bump" and isinstance(node[last], (int, float)) and not isinstance(node[last], bool):
+        node[last] = node[last] + 1
+    else:
+        node[last] = value
+
+
+def _read_everything(path: Path) -> list[np.ndarray]:
+    reader = CacheReader(path)
+    try:
+        views = np.repeat(np.arange(reader.num_views), reader.spec.dataset.num_samples)
+        samples = np.tile(np.arange(reader.spec.dataset.num_samples), reader.num_views)
+        got = reader.read(views, samples)
+        out = [reader.labels, *(reader.seeds(v) for v in range(reader.num_views))]
+        return out + [getattr(got, name).numpy() for name in ("target", "full_logits", "topk_values", "topk_indices",
+                                                              "lse", "target_logit") if getattr(got, name) is not None]
+    finally:
+        reader.close()
+
+
+_REFERENCE: dict[Path, tuple[list[str], list[np.ndarray]]] = {}
+
+
+@settings(FUZZ, max_examples=100)
+@given(group=st.booleans(), which=st.integers(0, 10**6), where=st.integers(0, 10**6),
+       op=st.sampled_from(["delete", "set", "bump"]), value=st.sampled_from(_VALUES))
+def test_a_metadata_edit_is_harmless_or_refused_in_one_line(dump_reference, group, which, where, op, value):
+    ref = dump_reference()
+    if ref not in _REFERENCE:
+        _REFERENCE[ref] = (sorted(p.relative_to(ref).as_posix() for p in ref.rglob("zarr.json")), _read_everything(ref))
+    files, want = _REFERENCE[ref]
+    file = "zarr.json" if group else files[which % len(files)]  # half of them edit the spec and provenance
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(shutil.copytree(ref, Path(tmp) / "c.zarr"))
+        meta = json.loads((path / file).read_text())
+        paths = list(_json_paths(meta))
+        _edited(meta, paths[where % len(paths)], op, value)
+        (path / file).write_text(json.dumps(meta))
+        try:
+            got = _read_everything(path)
+        except LogitcacheError as e:
+            assert str(e) and "\n" not in str(e), str(e)
+            return
+        assert len(got) == len(want) and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, want))

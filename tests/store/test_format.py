@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import strategies as st
 
 from logitcache.errors import BadInput, CacheMismatch
 from logitcache.store.format import (
+    _JSON_TYPES,
+    _PARTS,
     FORMAT_VERSION,
     CacheSpec,
     CodecInfo,
@@ -208,3 +211,24 @@ def test_describe():
     assert CodecInfo(compressor="none", checksum=False).describe() == "uncompressed"
     assert EncodingInfo(kind="topk", dtype="q8", k=10).describe() == "top-10 q8"
     assert EncodingInfo(kind="full", dtype="bf16").describe() == "full bf16"
+
+
+def test_every_stored_field_has_a_checked_json_type():
+    """Every field of the stored dataclasses has an annotation the type check knows: a new field
+    with another annotation would make every store read as malformed."""
+    for cls in (CacheSpec, TeacherInfo, DatasetInfo, ViewsInfo, EncodingInfo, CodecInfo, Layout, Provenance):
+        for f in dataclasses.fields(cls):
+            assert f.name in _PARTS or f.type in _JSON_TYPES, (cls.__name__, f.name, f.type)
+
+
+@pytest.mark.parametrize(("path", "value"), [("views.count", "3"), ("views.clean", 1), ("layout.chunk_samples", True),
+                                             ("views.augmentation", []), ("teacher", "resnet8"), ("batch_size", 7.0)])
+def test_a_field_of_the_wrong_json_type_is_malformed(path, value):
+    d = _spec().to_json()
+    *parents, last = path.split(".")
+    node = d
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    with pytest.raises(CacheMismatch, match=f"malformed .*{last}"):
+        CacheSpec.from_json(d)
