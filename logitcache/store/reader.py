@@ -25,7 +25,7 @@ from ..errors import CacheCorrupt, CacheIncomplete, CacheMismatch
 from ..teacher_view import TeacherView
 from .encodings import get_encoding
 from .format import CacheSpec
-from .zarr_store import ZarrStore, read_lock
+from .zarr_store import DIGESTS, ZarrStore, read_lock
 
 DEFAULT_MEMORY_BUDGET = int(os.environ.get("LOGITCACHE_READER_MEMORY", 8 << 30))  # bytes of view slices kept
 
@@ -62,7 +62,7 @@ class CacheReader:
                         "run `logitcache verify --repair` and the dump command again to rewrite them"
                     )
             self.labels = self.store.read_labels().astype(np.int64)
-            self._digests = self.store.read("digests")
+            self._digests = self.store.read(DIGESTS)
         except BaseException:  # let go at once, not when the garbage collector gets to it
             if self._unlock is not None:
                 self._unlock()

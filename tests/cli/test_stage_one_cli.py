@@ -67,7 +67,7 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
     assert info.code == 0, info.err
     text = info.out
     for expected in (
-        "format v1", "status       complete", "teacher      resnet8", "test accuracy",
+        "format v2", "status       complete", "teacher      resnet8", "test accuracy",
         "dataset      digits [train]  1,438 samples, 10 classes",
         "views        2 augmented + clean view 0, seed 0, crop(8, pad=1)",
         "encoding     top-5 fp16; chunks of 256 samples",
@@ -85,7 +85,7 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
     assert d["bytes_per_pair"] == pytest.approx(d["bytes_on_disk"] / d["pairs"])
     assert d["pairs"] == 3 * 1438 and d["compression_ratio"] > 0
     assert d["spec"]["encoding"] == {"kind": "topk", "dtype": "fp16", "k": 5}
-    assert d["spec"]["dataset"]["num_samples"] == 1438 and d["spec"]["format_version"] == 1
+    assert d["spec"]["dataset"]["num_samples"] == 1438 and d["spec"]["format_version"] == 2
     assert d["provenance"]["complete"] is True and d["provenance"]["teacher_test_samples"] == 359
     assert d["clean"]["samples"] == 1438 and d["augmented"]["views"] == [1, 2]
     assert 0 <= d["augmented"]["misinstruction_rate"] <= 1 and d["augmented"]["ece"] >= 0
@@ -255,7 +255,7 @@ def test_missing_cache_for_info_and_verify(run_cli, tmp_path):
 
 
 # --------------------------------------------------------------------------- verify
-def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, tmp_path):
+def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, reseal, tmp_path):
     path = copy_store(digits_cache, tmp_path / "c.zarr")
     group = zarr.open_group(str(path), mode="r+")
     labels, indices = group["labels"][:], group["topk_indices"][1]
@@ -263,6 +263,7 @@ def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, tmp_pa
     sample = int(np.flatnonzero(indices[:, 1] != labels)[100])
     gaps = group["topk_gaps"]  # from the top-1 logit: gaps[..., 0] is the second-ranked class's
     gaps[1, sample, 0] = gaps[1, sample, 0] + np.float16(2.0)  # through zarr: checksums stay valid
+    reseal(path)  # and the digests: as a dump that computed that logit would have written it
     result = run_cli(["verify", path, "--random-init", "--samples", "100000", "--device", "cpu"])
     assert result.code == 1
     assert "replayed 4,314 (view, sample) pairs" in result.out
