@@ -48,7 +48,7 @@ def _one_error_line(result) -> str:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 @pytest.mark.parametrize("case", list(NAN_CASES))
-def test_a_stored_nan_is_refused_everywhere(case, bad, run_cli, tmp_path):
+def test_a_stored_nan_is_refused_everywhere(case, bad, run_cli, reseal, tmp_path):
     args, field, where = NAN_CASES[case]
     path = tmp_path / "c.zarr"
     dump = [*DUMP, *args, "--out", path]
@@ -58,6 +58,7 @@ def test_a_stored_nan_is_refused_everywhere(case, bad, run_cli, tmp_path):
         arr[where] = torch.tensor(bad, dtype=torch.bfloat16).view(torch.uint16).item()
     else:
         arr[where] = bad
+    reseal(path)  # block digests would refuse the edit itself: this tests the NaN checks behind them
 
     for samples in ("0", "100000"):  # with and without a replay
         result = run_cli(["verify", path, "--samples", samples, "--random-init", "--device", "cpu"])
@@ -125,8 +126,8 @@ def test_a_teacher_with_a_large_offset_is_stored_faithfully(case, offset_checkpo
     assert "replayed 2,876 (view, sample) pairs" in result.out
 
 
-def test_verify_finds_a_tampered_gap_of_an_offset_teacher(offset_checkpoints, run_cli, tmp_path):
-    # Without checksums only the replay can notice; it compares with the fresh fp32 logits, so
+def test_verify_finds_a_tampered_gap_of_an_offset_teacher(offset_checkpoints, run_cli, reseal, tmp_path):
+    # Without checksums or digests only the replay can notice; it compares with the fresh fp32 logits, so
     # it sees a gap off by one nat even where every logit is 60,000 (fp16's step there is 32).
     path = tmp_path / "c.zarr"
     ckpt = offset_checkpoints[6e4]
@@ -136,6 +137,7 @@ def test_verify_finds_a_tampered_gap_of_an_offset_teacher(offset_checkpoints, ru
     row = gaps[1, 700]
     c = int(np.flatnonzero(row > 0)[0])
     gaps[1, 700, c] = row[c] + np.float16(1.0)
+    reseal(path)  # as a dump that computed that gap would have written it: only the replay can tell
     result = run_cli(["verify", path, "--checkpoint", ckpt, "--samples", "100000", "--device", "cpu"])
     assert result.code == 1
     fails = [line for line in result.err.splitlines() if line.startswith("FAIL")]
