@@ -96,7 +96,11 @@ def _kind(v: Any) -> str:
 def _checked(v: Any, hint: Any, key: str, path: Path) -> Any:
     """``v`` if it has the option's type: TOML ``epochs = true`` is not 1, nor ``lr = "0.1"`` 0.1."""
     kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]  # int | None -> int
-    accepted, expected = _TYPES.get(kinds[0] if len(kinds) == 1 else None, ((object,), ""))
+    kind = kinds[0] if len(kinds) == 1 else None
+    if typing.get_origin(kind) is list:  # a repeatable option (--log): a list, or one value for a list of one
+        items = v if isinstance(v, list) else [v]
+        return [_checked(item, typing.get_args(kind)[0], key, path) for item in items]
+    accepted, expected = _TYPES.get(kind, ((object,), ""))
     if not isinstance(v, accepted) or (isinstance(v, bool) and bool not in accepted):  # bool is an int
         raise BadInput(f"{key} = {_toml(v)} in {path} is {_kind(v)}: {key} takes {expected}")
     return v

@@ -89,7 +89,23 @@ WRONG = {  # file text -> words of the refusal
     "a table for a number": ("[lr]\nx = 1", "lr = {'x': 1} in", "is a table: lr takes a number"),
     "set as a number": ("set = 3", "set = 3 in", "use a list of KEY=VALUE strings"),
     "set as a nested table": ("[set.beta]\nx = 1", "set = {'beta': {'x': 1}}", "or a table ([set] then beta = 2)"),
+    "a number in a list option": ("log = [3]", "log = 3 in", "is an integer: log takes a string"),
 }
+
+
+@pytest.mark.parametrize("text", ['log = "tensorboard"', 'log = ["tensorboard"]'])
+def test_a_repeatable_option_takes_a_list_or_one_value(text, tmp_path, run_cli, monkeypatch):
+    seen = {}
+
+    def fake_train(cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_cli, "train", fake_train)
+    config = _toml(tmp_path / "run.toml", f"{text}\n")
+    assert run_cli(["train", "--config", config, "--student", "resnet8", "--dataset", "digits", "--method", "ce",
+                    "--out", tmp_path / "run"]).code == 0
+    assert tuple(seen["cfg"].log) == ("tensorboard",)
 
 
 @pytest.mark.parametrize("case", list(WRONG))
