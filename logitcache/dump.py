@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from .cache_home import location_in_home
 from .datasets import ImageDataset, open_dataset
 from .distributed import local_device, torchrun_rank
 from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
-from .loader import ViewBatch, augmented_batches
+from .loader import ViewBatch, augmented_batches, true_labels
 from .models import weights_sha256
 from .store.encodings import get_encoding
 from .store.format import (
@@ -65,6 +66,8 @@ class DumpConfig:
     views: int = 8
     clean_view: bool = True
     augmentation: str | None = None  # None: the dataset's default training augmentation
+    # Strong augmentation and mixing on top of it, as ViewSpec's fields of those names (timm's flags).
+    strong: dict[str, Any] = field(default_factory=dict)
     encoding: str = "auto"  # auto, full or topk; auto: full up to AUTO_FULL_MAX_CLASSES classes, else top-k
     topk: int | None = None  # k of a top-k encoding (auto with a k means top-k); None: DEFAULT_TOPK
     dtype: str = "fp16"
@@ -105,6 +108,7 @@ class DumpResult:
 def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) -> CacheSpec:
     """The store identity for a config; every check that can fail runs before any write."""
     view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
+    view_spec = dataclasses.replace(view_spec, **config.strong)
     encoding = resolve_encoding(config, dataset.num_classes)
     n = len(dataset)
     shard_chunks = config.shard_chunks
@@ -342,7 +346,7 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
                 with torch.inference_mode():
                     logits = teacher(images).float()
                 _check_finite(logits, batch, v)
-                labels = torch.from_numpy(dataset.labels[batch.samples])
+                labels = torch.from_numpy(true_labels(dataset, view_spec, batch))
                 parts.append(encoding.encode(logits.cpu(), labels))
                 result.teacher_seconds += time.perf_counter() - t0
                 seeds.append(batch.seeds)

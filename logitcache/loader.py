@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .datasets import ImageDataset
 from .errors import LogitcacheError
+from .augment import Mix, mix_images
 from .views import FLIP, ViewSpec
 
 
@@ -31,6 +32,16 @@ class ViewBatch:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def mix(self, spec: ViewSpec, num_samples: int) -> Mix:
+        return spec.mix(self.seeds, self.samples, self.clean, num_samples)
+
+
+def true_labels(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch) -> np.ndarray:
+    """(B,) the class each view stands for: its label, or for a mixed view its larger share's."""
+    if not spec.mixing:
+        return dataset.labels[batch.samples]
+    return batch.mix(spec, len(dataset)).true_class(dataset.labels, batch.samples)
 
 
 class _FolderBatches(torch.utils.data.Dataset):
@@ -48,16 +59,28 @@ class _FolderBatches(torch.utils.data.Dataset):
         except LogitcacheError as e:  # handed back, so that the main process raises it as it is, in
             return e  # one line: DataLoader would re-raise it with the worker's traceback in its message
 
+    def _view(self, i: int, seed: int, clean: bool, flips: list[int]) -> Tensor:
+        image = self.dataset.load(i)
+        params = self.spec.params(np.asarray([seed]), image.shape[1:], clean=clean)
+        # Per-sample ops and mixing come after the flip, so with them it stays here; else it is
+        # applied batched, on the device.
+        if not (self.spec.per_sample or self.spec.mixing):
+            flips.append(int(params[0, FLIP]))
+            params[0, FLIP] = 0
+        else:
+            flips.append(0)
+        return self.spec.apply_one(image, params[0])
+
     def _load(self, j: int) -> tuple[Tensor, Tensor]:
         batch = self.batches[j]
-        images, flips = [], []
-        for i, seed, clean in zip(batch.samples, batch.seeds, batch.clean):
-            image = self.dataset.load(int(i))
-            params = self.spec.params(np.asarray([seed]), image.shape[1:], clean=bool(clean))
-            flips.append(int(params[0, FLIP]))
-            params[0, FLIP] = 0  # the flip is applied batched, on the device
-            images.append(self.spec.apply_one(image, params[0]))
-        return torch.stack(images), torch.tensor(flips)
+        flips: list[int] = []
+        images = torch.stack([self._view(int(i), int(s), bool(c), flips) for i, s, c in zip(batch.samples, batch.seeds, batch.clean)])
+        if self.spec.mixing:
+            mix = batch.mix(self.spec, len(self.dataset))
+            rows = np.flatnonzero(mix.mixed)
+            partners = [self._view(int(mix.partner[r]), int(mix.partner_seed[r]), False, []) for r in rows]
+            images = mix_images(images, partners, mix, rows)
+        return images, torch.tensor(flips)
 
 
 def augmented_batches(
@@ -76,8 +99,10 @@ def augmented_batches(
             if device.type == "cuda":  # from pageable memory the copy would block the host until it is done
                 images = images.pin_memory()
             images = images.to(device, non_blocking=True)
-            params = spec.params(batch.seeds, hw, batch.clean)
-            yield batch, dataset.normalize(spec.apply(images, params))
+            views = spec.apply(images, spec.params(batch.seeds, hw, batch.clean))
+            if spec.mixing:
+                views = _mix_in_memory(dataset, spec, batch, views)
+            yield batch, dataset.normalize(views)
         return
     batches = list(batches)
     loader = torch.utils.data.DataLoader(
@@ -95,6 +120,17 @@ def augmented_batches(
         images = images.to(device, non_blocking=True)
         flips = flips.to(device, non_blocking=True).bool()[:, None, None, None]
         yield batch, dataset.normalize(torch.where(flips, images.flip(-1), images))
+
+
+def _mix_in_memory(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch, views: Tensor) -> Tensor:
+    mix = batch.mix(spec, len(dataset))
+    rows = np.flatnonzero(mix.mixed)
+    if not len(rows):
+        return views
+    partners = dataset.images(mix.partner[rows]).to(views.device)
+    hw = dataset.image_shape[1:]
+    partners = spec.apply(partners, spec.params(mix.partner_seed[rows], hw, np.zeros(len(rows), dtype=bool)))
+    return mix_images(views, partners, mix, rows)
 
 
 def clean_batches(dataset: ImageDataset, batch_size: int) -> list[ViewBatch]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _utils
@@ -48,7 +48,7 @@ from .errors import (
     LogitcacheError,
 )
 from .evaluate import evaluate_model
-from .loader import ViewBatch, augmented_batches
+from .loader import ViewBatch, augmented_batches, true_labels
 from .loggers import check_loggers, open_loggers
 from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
 from .models import create_model, load_checkpoint, weights_sha256
@@ -56,6 +56,7 @@ from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
 from .teacher import build_teacher, teacher_weights_sha256
+from .methods._common import mixed_target
 from .teacher_view import TeacherView
 from .views import ViewSpec, _hash, view_seeds
 
@@ -748,10 +749,9 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
                 seeds[pick] = views.seeds(int(view))[mine[pick]]
             yield ViewBatch(samples=mine, seeds=seeds, clean=np.zeros(len(mine), dtype=bool))
 
-    labels_all = torch.from_numpy(train_set.labels)
     pairs = zip(batches, augmented_batches(train_set, view_spec, local_batches(), device=device, workers=config.workers))
     for step, (g, (batch, images)) in enumerate(pairs, start=1):
-        target = labels_all[batch.samples].to(device, non_blocking=True)
+        target = _target(train_set, view_spec, batch, device)
         tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device)
         forwards += len(batch) if teacher is not None else 0
         logits = model(images)
@@ -785,6 +785,16 @@ def _read_means(totals: dict[str, torch.Tensor], seen: int, epoch: int) -> dict[
     if not math.isfinite(means["loss"]):
         raise BadInput(f"loss became {means['loss']} at epoch {epoch}: lower --lr or check --set values")
     return means
+
+
+def _target(train_set: ImageDataset, view_spec: ViewSpec, batch: ViewBatch, device: torch.device) -> Tensor:
+    """(B,) labels on the device; for mixed views the true classes carrying the pair (MixedTarget)."""
+    true = torch.from_numpy(true_labels(train_set, view_spec, batch)).to(device, non_blocking=True)
+    if not view_spec.mixing:
+        return true
+    mix = batch.mix(view_spec, len(train_set))
+    own, other = (torch.from_numpy(train_set.labels[i]).to(device) for i in (batch.samples, mix.partner))
+    return mixed_target(true, own, other, torch.from_numpy(mix.lam).to(device))
 
 
 def _teacher_view(reader, teacher, views, samples, images, target, device) -> TeacherView | None:

@@ -26,7 +26,7 @@ from . import _utils
 from ._utils import plural
 from .datasets import open_dataset
 from .errors import CacheMismatch
-from .loader import ViewBatch, augmented_batches
+from .loader import ViewBatch, augmented_batches, true_labels
 from .models import weights_sha256
 from .store.encodings import get_encoding
 from .store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
@@ -134,7 +134,6 @@ def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarr
     encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
     view_spec = ViewSpec.from_json(spec.views.augmentation)
     fields = [f.name for f in encoding.fields()]
-    labels = torch.from_numpy(dataset.labels)
     batches = [
         ViewBatch(
             samples=idx[s : s + batch_size],
@@ -149,7 +148,7 @@ def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarr
         offset += len(batch)
         with torch.inference_mode():
             fresh = teacher(images).float().cpu()
-        y = labels[batch.samples]
+        y = torch.from_numpy(true_labels(dataset, view_spec, batch))
         cached = encoding.decode(_stored_rows(store, fields, v, batch.samples), y)
         reasons, err = _compare(cached, fresh, y, spec.encoding)
         report.max_abs_error = max([report.max_abs_error, *(e for e in err.tolist() if np.isfinite(e))])

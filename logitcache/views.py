@@ -16,72 +16,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import BadInput
+from ._seeds import _hash, _randint, _uniform, view_seeds
+from .augment import AutoAugment, Mix, mix_params, plan_view, run_plan
+from .errors import BadInput, CacheMismatch
 
-# Columns of a params row.
-TOP, LEFT, HEIGHT, WIDTH, FLIP = range(5)
+# Columns of a params row: the geometry, then the view's seed and whether it is the clean view
+# (which the per-sample ops of augment.py need).
+TOP, LEFT, HEIGHT, WIDTH, FLIP, SEED, CLEAN = range(7)
 _WEIGHT_BITS = 14  # fixed-point precision of resampling weights (each row sums to 2**14)
 
 
-# --------------------------------------------------------------------------- seeds
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijective avalanche mix of uint64 words."""
-    x = x.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
-
-
-def _hash(*words: np.ndarray | int) -> np.ndarray:
-    """Counter-based hash of a tuple of integer words (broadcast), uint64 out."""
-    h = np.zeros((), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for w in words:
-            h = _mix64(h + np.asarray(w).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-    return h
-
-
-def view_seeds(seed: int, view: int | np.ndarray, index: np.ndarray | Sequence[int]) -> np.ndarray:
-    """The uint32 seed of each (view, sample) pair for a dump with base ``seed``.
-
-    Args:
-        seed: the dump's base seed (``--seed``).
-        view: a view number, or an array broadcast against ``index``.
-        index: sample indices.
-
-    Returns:
-        uint32 array of the broadcast shape.
-    """
-    if seed < 0:
-        raise BadInput(f"seed must be >= 0, got {seed}")
-    return (_hash(seed, view, np.asarray(index)) >> np.uint64(32)).astype(np.uint32)
-
-
-def _uniform(seeds: np.ndarray, stream: int) -> np.ndarray:
-    """float64 in [0, 1) from the seed and a stream number: 53 hash bits, exactly."""
-    bits = _hash(seeds.astype(np.uint64), stream) >> np.uint64(11)
-    return bits.astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def _randint(seeds: np.ndarray, stream: int, high: np.ndarray) -> np.ndarray:
-    """Integers in [0, high) by multiply-shift of 32 hash bits (no float involved)."""
-    bits = _hash(seeds.astype(np.uint64), stream) >> np.uint64(32)
-    with np.errstate(over="ignore"):
-        return ((bits * np.asarray(high).astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
-
-
 # --------------------------------------------------------------------------- spec
+_OLD_FIELDS = 7  # ViewSpec's fields before strong augmentation and mixing (kind .. eval_resize)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ViewSpec:
     """An augmentation policy whose parameters are a pure function of a seed.
@@ -91,6 +46,13 @@ class ViewSpec:
     (``scale``, ``ratio``, ten tries then a centre-crop fallback) resampled to ``size`` with an
     antialiased integer bilinear filter; its clean view resizes the shorter side to
     ``eval_resize`` and centre-crops ``size``. ``flip`` adds a horizontal flip with p = 0.5.
+
+    Then, per sample and never on the clean view (``augment.py``): ``aa`` (timm's ``--aa``:
+    ``rand-...`` or ``trivial``) or ``color_jitter``, then random erasing with probability
+    ``reprob``. ``mixup``/``cutmix`` and their probabilities (timm's meanings) mix each
+    augmented view with a partner drawn from its seed; ``loader.py`` does that, since it needs
+    the partner's image. The new fields are left out of the JSON at their defaults, so a store
+    made without them keeps its spec and identity.
     """
 
     kind: Literal["crop", "resized_crop"]
@@ -100,6 +62,13 @@ class ViewSpec:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     eval_resize: int = 0
+    aa: str = ""
+    color_jitter: float = 0.0
+    reprob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kind not in ("crop", "resized_crop"):
@@ -110,22 +79,61 @@ class ViewSpec:
             object.__setattr__(self, "eval_resize", int(round(self.size / 0.875)))
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
         object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
+        if self.aa:
+            object.__setattr__(self, "aa", AutoAugment.parse(self.aa).canonical())
+            if self.color_jitter:
+                raise BadInput("--color-jitter is not applied with --aa (timm turns it off too): drop one of them")
+        for name in ("color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob"):
+            value = float(getattr(self, name))
+            high = 1.0 if name in ("reprob", "mixup_prob", "mixup_switch_prob") else math.inf
+            if not 0.0 <= value <= high:  # NaN fails too
+                raise BadInput(f"--{name.replace('_', '-')} must be {'in [0, 1]' if high == 1 else '>= 0'}, got {value}")
+            object.__setattr__(self, name, value)
+
+    @property
+    def _aa(self) -> AutoAugment | None:
+        return AutoAugment.parse(self.aa) if self.aa else None
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether views get per-sample ops after the geometry (auto-augment, jitter, erasing)."""
+        return bool(self.aa or self.color_jitter or self.reprob)
+
+    @property
+    def mixing(self) -> bool:
+        return bool((self.mixup or self.cutmix) and self.mixup_prob)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
+        for f in fields(self)[_OLD_FIELDS:]:  # left out at their defaults: older stores keep their identity
+            if d[f.name] == f.default:
+                del d[f.name]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ViewSpec:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CacheMismatch(
+                f"the store's augmentation uses {', '.join(sorted(unknown))}, which this logitcache does not know: "
+                "upgrade logitcache (pip install -U logitcache)"
+            )
         return cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
 
     def describe(self) -> str:
         flip = "+flip" if self.flip else ""
         if self.kind == "crop":
-            return f"crop({self.size}, pad={self.padding}){flip}"
-        lo, hi = self.scale
-        return f"resized_crop({self.size}, scale=({lo:g},{hi:g})){flip}"
+            text = f"crop({self.size}, pad={self.padding}){flip}"
+        else:
+            lo, hi = self.scale
+            text = f"resized_crop({self.size}, scale=({lo:g},{hi:g})){flip}"
+        extra = [f"aa {self.aa}"] if self.aa else []
+        extra += [f"color-jitter {self.color_jitter:g}"] if self.color_jitter else []
+        extra += [f"reprob {self.reprob:g}"] if self.reprob else []
+        if self.mixing:
+            extra.append(f"mixup {self.mixup:g} cutmix {self.cutmix:g} prob {self.mixup_prob:g} switch {self.mixup_switch_prob:g}")
+        return " + ".join([text, *extra])
 
     @classmethod
     def parse(cls, text: str) -> ViewSpec:
@@ -165,12 +173,13 @@ class ViewSpec:
         n = seeds.shape[0]
         hw = np.broadcast_to(np.asarray(src_hw, dtype=np.int64), (n, 2))
         clean = np.broadcast_to(np.asarray(clean, dtype=bool), (n,))
-        out = np.empty((n, 5), dtype=np.int64)
+        out = np.empty((n, 7), dtype=np.int64)
         if self.kind == "crop":
             self._crop_params(seeds, hw, clean, out)
         else:
             self._resized_crop_params(seeds, hw, clean, out)
         out[:, FLIP] = 0 if not self.flip else np.where(clean, 0, _randint(seeds, 7, 2))
+        out[:, SEED], out[:, CLEAN] = seeds, clean
         return out
 
     def _crop_params(self, seeds: np.ndarray, hw: np.ndarray, clean: np.ndarray, out: np.ndarray) -> None:
@@ -226,7 +235,21 @@ class ViewSpec:
             out = _crop(images, params.to(images.device), self.padding, self.size)
         else:
             out = torch.stack([_resample(img, p.tolist(), self.size) for img, p in zip(images, params.cpu())])
-        return _flip(out, params[:, FLIP].to(images.device))
+        out = _flip(out, params[:, FLIP].to(images.device))
+        if not self.per_sample:
+            return out
+        return torch.stack([self.per_sample_ops(img, int(p[SEED]), bool(p[CLEAN])) for img, p in zip(out, params.tolist())])
+
+    def mix(self, seeds: np.ndarray, samples: np.ndarray, clean: np.ndarray, num_samples: int) -> Mix:
+        """How each view is mixed (all unmixed without --mixup/--cutmix); views are size × size."""
+        return mix_params(seeds, samples, clean, num_samples, (self.size, self.size), mixup=self.mixup,
+                          cutmix=self.cutmix, prob=self.mixup_prob, switch_prob=self.mixup_switch_prob)
+
+    def per_sample_ops(self, image: Tensor, seed: int, clean: bool) -> Tensor:
+        """The auto-augment / jitter / erasing ops of one view, on its cropped (C, H, W) uint8 image."""
+        if clean or not self.per_sample:
+            return image
+        return run_plan(image, plan_view(seed, tuple(image.shape[1:]), self._aa, self.color_jitter, self.reprob), seed)
 
     def apply_one(self, image: Tensor, params_row: np.ndarray | Sequence[int]) -> Tensor:
         """Apply one view to one uint8 image (C, H, W) of any size; used by loader workers."""

@@ -104,9 +104,34 @@ def warmup_factor(epoch: int, warmup: float) -> float:
     return min(epoch / warmup, 1.0)
 
 
+class MixedTarget(Tensor):
+    """The (B,) true classes of a batch with mixed views (each view's larger share's label, which
+    LoCa, DKD, RLD and the stored true-class logit use) that also carries each view's own label
+    ``own``, its partner's ``other`` and its own share ``lam``: :func:`cross_entropy` takes the
+    λ-weighted pair, timm's mixup target. Every other use sees a plain tensor of true classes."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl  # results of ops are plain tensors
+    own: Tensor
+    other: Tensor
+    lam: Tensor
+
+
+def mixed_target(true_class: Tensor, own: Tensor, other: Tensor, lam: Tensor) -> MixedTarget:
+    target = true_class.as_subclass(MixedTarget)
+    target.own, target.other, target.lam = own, other, lam
+    return target
+
+
 def cross_entropy(student_logits: Tensor, target: Tensor) -> Tensor:
-    """Mean cross-entropy on the raw fp32 student logits (never standardised)."""
-    return F.cross_entropy(student_logits.float(), target.long())
+    """Mean cross-entropy on the raw fp32 student logits (never standardised); of a
+    :class:`MixedTarget`, λ·CE(own label) + (1 - λ)·CE(partner's label) per view."""
+    z = student_logits.float()
+    if isinstance(target, MixedTarget):
+        own = F.cross_entropy(z, target.own.long(), reduction="none")
+        other = F.cross_entropy(z, target.other.long(), reduction="none")
+        lam = target.lam.to(z)
+        return (lam * own + (1 - lam) * other).mean()
+    return F.cross_entropy(z, target.long())
 
 
 def pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

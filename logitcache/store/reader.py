@@ -23,6 +23,7 @@ import torch
 
 from ..errors import CacheCorrupt, CacheIncomplete, CacheMismatch
 from ..teacher_view import TeacherView
+from ..views import ViewSpec
 from .encodings import get_encoding
 from .format import CacheSpec
 from .zarr_store import DIGESTS, ZarrStore, read_lock
@@ -160,6 +161,19 @@ class CacheReader:
         return data
 
     # ------------------------------------------------------------------ batches
+    def _true_labels(self, views: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """The class each pair stands for: the label, or a mixed view's larger share's (whose
+        true-class logit the dump stored)."""
+        spec = ViewSpec.from_json(self.spec.views.augmentation)
+        if not spec.mixing:
+            return self.labels[samples]
+        seeds = np.empty(len(samples), dtype=np.uint32)
+        for v in np.unique(views):
+            pick = np.flatnonzero(views == v)
+            seeds[pick] = self.seeds(int(v))[samples[pick]]
+        clean = (views == 0) & self.spec.views.clean
+        return spec.mix(seeds, samples, clean, self.spec.dataset.num_samples).true_class(self.labels, samples)
+
     def read(self, views: np.ndarray, samples: np.ndarray) -> TeacherView:
         """The teacher information of each (views[j], samples[j]) pair, on the CPU, in order."""
         views = np.broadcast_to(np.asarray(views, dtype=np.int64), np.shape(samples))
@@ -182,7 +196,7 @@ class CacheReader:
             )
             for name, arr in part.items():
                 rows[name][pick] = arr
-        view = self.encoding.decode(rows, torch.from_numpy(self.labels[samples]))
+        view = self.encoding.decode(rows, torch.from_numpy(self._true_labels(views, samples)))
         # No checksum catches a NaN a teacher never produced (--no-checksum stores), and a NaN
         # would surface only as a NaN loss steps later: refuse it here, naming the pair.
         bad = (~view.finite).nonzero()

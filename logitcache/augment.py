@@ -1,0 +1,422 @@
+"""Strong per-sample augmentation replayed from the view seed, under timm's names.
+
+``--aa rand-m9-mstd0.5-inc1`` (RandAugment), ``--aa trivial`` (TrivialAugment Wide),
+``--color-jitter`` and ``--reprob`` (random erasing). Every random choice of a view is a draw
+from its seed (``_seeds``): which ops, their magnitudes and signs, the erased box and its noise.
+The draws are float64 on the CPU and are turned into integers at once (blend factors in 1/256,
+affine matrices in 1/65536, thresholds, bit counts, boxes); the ops are integer arithmetic on
+uint8 tensors, so a view is the same image on any device, in any batch, worker or process.
+
+The ops follow PIL's definitions (which timm's ops call) in integer form; what differs from
+timm, and why, is in docs/format.md: geometric ops fill with grey 128 and use bilinear
+sampling, and erasing fills with seeded uniform bytes in pixel space (timm draws N(0, 1) noise
+in normalised space, which a uint8 image cannot hold).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._seeds import _hash
+from .errors import BadInput
+
+FILL = 128  # grey for pixels that geometric ops move in from outside the image
+_AFFINE_BITS = 16
+_STREAM = 100  # first hash stream of these ops (views.py uses streams below 100)
+_STREAMS = 64  # streams of the fixed draws; RandAugment's layers take 8 each after them
+
+Plan = list[tuple[str, tuple[int, ...]]]  # the integer ops of one view, in order
+
+
+# --------------------------------------------------------------------------- draws
+class _Draws:
+    """All the draws of one view seed, computed at once; stream k of the view is ``self.u(k)``."""
+
+    def __init__(self, seed: int, layers: int = 0) -> None:
+        self.bits = _hash(np.uint64(seed), _STREAM + np.arange(_STREAMS + 8 * layers))
+
+    def u(self, k: int) -> float:
+        """float64 in [0, 1): 53 hash bits, exactly."""
+        return float(self.bits[k] >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+    def randint(self, k: int, high: int) -> int:
+        """Integer in [0, high) by multiply-shift of 32 hash bits."""
+        return (int(self.bits[k] >> np.uint64(32)) * high) >> 32
+
+    def sign(self, k: int) -> int:
+        return -1 if self.randint(k, 2) else 1
+
+    def gauss(self, k: int) -> float:
+        """Standard normal (Box-Muller on streams k and k + 1)."""
+        return math.sqrt(-2.0 * math.log(1.0 - self.u(k))) * math.cos(2.0 * math.pi * self.u(k + 1))
+
+
+def _q8(factor: float) -> int:
+    """A blend factor in 1/256 steps (an integer from here on)."""
+    return int(round(factor * 256))
+
+
+def _affine(a: float, b: float, c: float, d: float, tx: float = 0.0, ty: float = 0.0) -> tuple[int, ...]:
+    """Source-from-output matrix about the image centre and translation, in 1/65536 steps."""
+    return tuple(int(round(x * (1 << _AFFINE_BITS))) for x in (a, b, c, d, tx, ty))
+
+
+def _rotate(deg: float) -> tuple[str, tuple[int, ...]]:
+    t = math.radians(deg)
+    return "affine", _affine(math.cos(t), math.sin(t), -math.sin(t), math.cos(t))
+
+
+# --------------------------------------------------------------------------- policies
+# Each maker turns (magnitude level in [0, 10], sign, image (H, W)) into one integer op, as timm's
+# rand_augment_ops level-to-argument functions do.
+def _rand_ops(increasing: bool) -> dict[str, Callable[[float, int, tuple[int, int]], tuple[str, tuple[int, ...]]]]:
+    def enhance(name: str) -> Callable:
+        if increasing:  # factor 1 ± 0.9 m/10: stronger with the magnitude
+            return lambda m, s, hw: (name, (_q8(1.0 + s * 0.9 * m / 10),))
+        return lambda m, s, hw: (name, (_q8(m / 10 * 1.8 + 0.1),))
+
+    return {
+        "AutoContrast": lambda m, s, hw: ("autocontrast", ()),
+        "Equalize": lambda m, s, hw: ("equalize", ()),
+        "Invert": lambda m, s, hw: ("invert", ()),
+        "Rotate": lambda m, s, hw: _rotate(s * 30.0 * m / 10),
+        "Posterize": lambda m, s, hw: ("posterize", (4 - int(m / 10 * 4) if increasing else int(m / 10 * 4),)),
+        "Solarize": lambda m, s, hw: ("solarize", (256 - int(m / 10 * 256) if increasing else int(m / 10 * 256),)),
+        "SolarizeAdd": lambda m, s, hw: ("solarize_add", (int(m / 10 * 110),)),
+        "Color": enhance("color"),
+        "Contrast": enhance("contrast"),
+        "Brightness": enhance("brightness"),
+        "Sharpness": enhance("sharpness"),
+        "ShearX": lambda m, s, hw: ("affine", _affine(1, s * 0.3 * m / 10, 0, 1)),
+        "ShearY": lambda m, s, hw: ("affine", _affine(1, 0, s * 0.3 * m / 10, 1)),
+        "TranslateXRel": lambda m, s, hw: ("affine", _affine(1, 0, 0, 1, tx=s * 0.45 * m / 10 * hw[1])),
+        "TranslateYRel": lambda m, s, hw: ("affine", _affine(1, 0, 0, 1, ty=s * 0.45 * m / 10 * hw[0])),
+    }
+
+
+def _trivial_ops() -> list[Callable[[int, int, tuple[int, int]], tuple[str, tuple[int, ...]] | None]]:
+    """torchvision's TrivialAugmentWide: (bin of 31, sign, (H, W)) -> op."""
+    lin = lambda lo, hi, b: lo + (hi - lo) * b / 30  # noqa: E731  torch.linspace(lo, hi, 31)[b]
+    return [
+        lambda b, s, hw: None,  # Identity
+        lambda b, s, hw: ("affine", _affine(1, s * lin(0, 0.99, b), 0, 1)),
+        lambda b, s, hw: ("affine", _affine(1, 0, s * lin(0, 0.99, b), 1)),
+        lambda b, s, hw: ("affine", _affine(1, 0, 0, 1, tx=s * int(lin(0, 32, b)))),
+        lambda b, s, hw: ("affine", _affine(1, 0, 0, 1, ty=s * int(lin(0, 32, b)))),
+        lambda b, s, hw: _rotate(s * lin(0, 135, b)),
+        lambda b, s, hw: ("brightness", (_q8(1 + s * lin(0, 0.99, b)),)),
+        lambda b, s, hw: ("color", (_q8(1 + s * lin(0, 0.99, b)),)),
+        lambda b, s, hw: ("contrast", (_q8(1 + s * lin(0, 0.99, b)),)),
+        lambda b, s, hw: ("sharpness", (_q8(1 + s * lin(0, 0.99, b)),)),
+        lambda b, s, hw: ("posterize", (8 - int(round(b / 5)),)),
+        lambda b, s, hw: ("solarize", (math.ceil(lin(255.0, 0.0, b)),)),
+        lambda b, s, hw: ("autocontrast", ()),
+        lambda b, s, hw: ("equalize", ()),
+    ]
+
+
+_TRIVIAL = _trivial_ops()
+_RAND_KEYS = {"m": float, "n": int, "mstd": float, "mmax": float, "inc": int, "p": float}
+
+
+@dataclass(frozen=True)
+class AutoAugment:
+    """A parsed ``--aa`` policy: ``trivial`` or timm's ``rand-m9-n2-mstd0.5-inc1`` form."""
+
+    policy: str  # "rand" or "trivial"
+    m: float = 9.0
+    n: int = 2
+    mstd: float = 0.0
+    mmax: float = 10.0
+    inc: int = 0
+    p: float = 0.5
+
+    @classmethod
+    def parse(cls, text: str) -> AutoAugment:
+        head, *parts = text.split("-")
+        if head == "trivial" and not parts:
+            return cls(policy="trivial")
+        if head == "rand":
+            values: dict[str, float | int] = {}
+            for part in parts:
+                key = next((k for k in sorted(_RAND_KEYS, key=len, reverse=True) if part.startswith(k)), None)
+                try:
+                    values[key] = _RAND_KEYS[key](part[len(key):])  # type: ignore[index]
+                except (KeyError, ValueError):
+                    break
+            else:
+                aa = cls(policy="rand", **values)  # type: ignore[arg-type]
+                if aa.n < 1 or not 0 <= aa.p <= 1 or aa.mstd < 0 or aa.inc not in (0, 1) or not 0 <= aa.m <= aa.mmax:
+                    raise BadInput(f"--aa {text!r}: need n >= 1, 0 <= p <= 1, mstd >= 0, inc 0 or 1 and 0 <= m <= mmax")
+                return aa
+        raise BadInput(
+            f"cannot read --aa {text!r}: use trivial, or rand[-mM][-nN][-mstdS][-mmaxX][-inc1][-pP] "
+            "as timm spells it, e.g. rand-m9-mstd0.5-inc1"
+        )
+
+    def canonical(self) -> str:
+        """The one spelling of this policy that the store records."""
+        if self.policy == "trivial":
+            return "trivial"
+        return f"rand-m{self.m:g}-n{self.n}-mstd{self.mstd:g}-mmax{self.mmax:g}-inc{self.inc}-p{self.p:g}"
+
+    def plan(self, draws: _Draws, hw: tuple[int, int]) -> Plan:
+        if self.policy == "trivial":
+            op = _TRIVIAL[draws.randint(0, len(_TRIVIAL))](draws.randint(1, 31), draws.sign(2), hw)
+            return [op] if op else []
+        ops = _rand_ops(bool(self.inc))
+        names = list(ops)
+        out: Plan = []
+        for layer in range(self.n):  # timm: n ops chosen with replacement, each applied with probability p
+            k = _STREAMS + 8 * layer
+            name = names[draws.randint(k, len(names))]
+            if draws.u(k + 1) >= self.p:
+                continue
+            m = self.m + self.mstd * draws.gauss(k + 2) if self.mstd > 0 else self.m
+            out.append(ops[name](min(max(m, 0.0), self.mmax), draws.sign(k + 4), hw))
+        return out
+
+
+def jitter_plan(strength: float, draws: _Draws) -> Plan:
+    """torchvision's ColorJitter(strength, strength, strength): factors in [max(0, 1-s), 1+s], random order."""
+    lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
+    ops = [(name, (_q8(lo + (hi - lo) * draws.u(32 + j)),)) for j, name in enumerate(("brightness", "contrast", "color"))]
+    order = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)][draws.randint(35, 6)]
+    return [ops[j] for j in order]
+
+
+def erase_plan(prob: float, draws: _Draws, hw: tuple[int, int]) -> Plan:
+    """timm's RandomErasing (scale 0.02-1/3, ratio 0.3-3.3, ten tries, one box) with probability ``prob``."""
+    height, width = hw
+    if draws.u(36) >= prob:
+        return []
+    for attempt in range(10):
+        area = height * width * (0.02 + (1 / 3 - 0.02) * draws.u(37 + 2 * attempt))
+        aspect = math.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * draws.u(38 + 2 * attempt))
+        h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < h < height and 0 < w < width:
+            return [("erase", (draws.randint(57, height - h + 1), draws.randint(58, width - w + 1), h, w))]
+    return []
+
+
+# --------------------------------------------------------------------------- integer ops
+def _luma(x: Tensor) -> Tensor:
+    """(1, H, W) int64 grey level: PIL's "L" conversion for RGB, the image itself for one channel."""
+    if x.shape[0] == 3:
+        return (x[0] * 19595 + x[1] * 38470 + x[2] * 7471 + 32768)[None] >> 16
+    return (x.sum(0, keepdim=True) + x.shape[0] // 2) // x.shape[0]
+
+
+def _blend(x: Tensor, degenerate: Tensor, factor: int) -> Tensor:
+    """PIL's ImageEnhance: degenerate + factor (x - degenerate), factor in 1/256 steps."""
+    return degenerate + ((factor * (x - degenerate) + 128) >> 8)
+
+
+def _smooth(x: Tensor) -> Tensor:
+    """PIL's SMOOTH filter (3×3, centre weight 5, sum 13) inside the border; the border is kept."""
+    if x.shape[1] < 3 or x.shape[2] < 3:
+        return x
+    s = sum(x[:, i : x.shape[1] - 2 + i, j : x.shape[2] - 2 + j] for i in range(3) for j in range(3))
+    out = x.clone()
+    out[:, 1:-1, 1:-1] = (s + 4 * x[:, 1:-1, 1:-1] + 6) // 13
+    return out
+
+
+def _autocontrast(x: Tensor) -> Tensor:
+    lo = x.amin(dim=(1, 2), keepdim=True)
+    hi = x.amax(dim=(1, 2), keepdim=True)
+    span = (hi - lo).clamp(min=1)
+    return torch.where(hi > lo, (x - lo) * 255 // span, x)
+
+
+def _equalize(x: Tensor) -> Tensor:
+    """PIL's ImageOps.equalize per channel, in its own integer arithmetic."""
+    out = x.clone()
+    for c in range(x.shape[0]):
+        h = torch.bincount(x[c].flatten(), minlength=256)
+        present = h[h > 0]
+        step = int((present.sum() - present[-1]) // 255)
+        if step:
+            out[c] = ((torch.cumsum(h, 0) - h + step // 2) // step).clamp(max=255)[x[c]]
+    return out
+
+
+def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor:
+    """Bilinear affine warp in fixed point: the source of each output pixel centre is
+    M (p - centre) + centre + t, in 1/65536 pixel; taps outside the image read FILL."""
+    _, h, w = x.shape
+    dev = x.device
+    u = (2 * torch.arange(w, device=dev) + 1 - w)[None, :]  # 2 (x + 1/2 - w/2): half pixels
+    v = (2 * torch.arange(h, device=dev) + 1 - h)[:, None]
+    one = 1 << _AFFINE_BITS
+    sx = a * u + b * v + (w - 1) * one + 2 * tx  # 2·65536 × (source x - 1/2)
+    sy = c * u + d * v + (h - 1) * one + 2 * ty
+    shift = _AFFINE_BITS + 1
+    ix, iy = sx >> shift, sy >> shift
+    fx, fy = (sx >> (shift - 8)) & 255, (sy >> (shift - 8)) & 255
+
+    def tap(yy: Tensor, xx: Tensor) -> Tensor:
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        return torch.where(inside, x[:, yy.clamp(0, h - 1), xx.clamp(0, w - 1)], FILL)
+
+    top = tap(iy, ix) * (256 - fx) + tap(iy, ix + 1) * fx
+    bottom = tap(iy + 1, ix) * (256 - fx) + tap(iy + 1, ix + 1) * fx
+    return (top * (256 - fy) + bottom * fy + 32768) >> 16
+
+
+def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:
+    noise = _hash(np.uint64(seed), _STREAM - 1, np.arange(x.shape[0] * h * w)) >> np.uint64(56)
+    out = x.clone()
+    out[:, top : top + h, left : left + w] = torch.from_numpy(noise.astype(np.int64)).view(-1, h, w).to(x.device)
+    return out
+
+
+_OPS: dict[str, Callable[..., Tensor]] = {
+    "invert": lambda x: 255 - x,
+    "autocontrast": _autocontrast,
+    "equalize": _equalize,
+    "posterize": lambda x, bits: x if bits >= 8 else x & ((0xFF << (8 - bits)) & 0xFF),
+    "solarize": lambda x, t: torch.where(x >= t, 255 - x, x),
+    "solarize_add": lambda x, add: torch.where(x < 128, (x + add).clamp(max=255), x),
+    "brightness": lambda x, f: _blend(x, torch.zeros_like(x), f),
+    "color": lambda x, f: _blend(x, _luma(x), f),
+    "contrast": lambda x, f: _blend(x, (_luma(x).sum() + x[0].numel() // 2) // x[0].numel(), f),
+    "sharpness": lambda x, f: _blend(x, _smooth(x), f),
+    "affine": _warp,
+}
+
+
+def run_plan(image: Tensor, plan: Plan, seed: int) -> Tensor:
+    """Apply one view's integer ops to a (C, H, W) uint8 image on its device."""
+    if not plan:
+        return image
+    x = image.to(torch.int64)
+    for name, args in plan:
+        x = _erase(x, seed, *args) if name == "erase" else _OPS[name](x, *args).clamp(0, 255)
+    return x.to(torch.uint8)
+
+
+def plan_view(seed: int, hw: tuple[int, int], aa: AutoAugment | None, color_jitter: float, reprob: float) -> Plan:
+    """The integer ops of the view with this seed on an (H, W) image, in timm's order:
+    auto-augment or colour jitter, then random erasing."""
+    draws = _Draws(seed, aa.n if aa and aa.policy == "rand" else 0)
+    plan = aa.plan(draws, hw) if aa else jitter_plan(color_jitter, draws) if color_jitter else []
+    return plan + (erase_plan(reprob, draws, hw) if reprob else [])
+
+
+# --------------------------------------------------------------------------- mixing
+_MIX_STREAM = 400  # hash streams of the mixing draws (vectorised over a batch of seeds)
+_GAMMA_TRIES = 12  # Marsaglia-Tsang accepts > 95 % of tries for any shape; after 12 the mean is used
+
+
+def _u(seeds: np.ndarray, stream: int) -> np.ndarray:
+    bits = _hash(seeds.astype(np.uint64), _MIX_STREAM + stream) >> np.uint64(11)
+    return bits.astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _int(seeds: np.ndarray, stream: int, high: np.ndarray | int) -> np.ndarray:
+    bits = _hash(seeds.astype(np.uint64), _MIX_STREAM + stream) >> np.uint64(32)
+    with np.errstate(over="ignore"):
+        return ((bits * np.asarray(high).astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
+
+
+def _gamma(seeds: np.ndarray, shape: np.ndarray, stream: int) -> np.ndarray:
+    """Gamma(shape, 1) per seed by Marsaglia and Tsang (shape < 1 boosted by U^(1/shape))."""
+    a = np.where(shape < 1, shape + 1, shape)
+    d = a - 1 / 3
+    c = 1 / np.sqrt(9 * d)
+    out = d.copy()
+    found = np.zeros(len(seeds), dtype=bool)
+    for t in range(_GAMMA_TRIES):
+        u1, u2, u3 = (_u(seeds, stream + 3 * t + j) for j in range(3))
+        x = np.sqrt(-2 * np.log1p(-u1)) * np.cos(2 * np.pi * u2)
+        v = (1 + c * x) ** 3
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = ~found & (v > 0) & (np.log1p(-u3) < 0.5 * x * x + d - d * v + d * np.log(np.where(v > 0, v, 1)))
+        out[ok] = (d * v)[ok]
+        found |= ok
+    boost = np.where(shape < 1, (1 - _u(seeds, stream + 3 * _GAMMA_TRIES)) ** (1 / shape), 1.0)
+    return out * boost
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How each view of a batch is mixed; everything is a function of its seed and sample index.
+
+    ``partner`` is the other sample (the view's own where unmixed), shown with the view of seed
+    ``partner_seed``; ``lam`` is the weight of the view's own image in pixels and labels (1.0
+    unmixed; for CutMix the exact share of its pixels outside the box, timm's ``correct_lam``).
+    CutMix views have ``cut`` and the partner's ``box`` (top, bottom, left, right); mixup views
+    blend with ``weight``/256 of their own image, and ``lam`` is that fraction exactly.
+    """
+
+    partner: np.ndarray
+    partner_seed: np.ndarray
+    lam: np.ndarray
+    cut: np.ndarray
+    box: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def mixed(self) -> np.ndarray:
+        return self.lam < 1.0
+
+    def true_class(self, labels: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """The label of the larger share (the view's own at λ = 1/2): the "true class" that the
+        stored true-class logit and LoCa, DKD and RLD use for a mixed view."""
+        return np.where(self.lam >= 0.5, labels[samples], labels[self.partner])
+
+
+def mix_params(
+    seeds: np.ndarray, samples: np.ndarray, clean: np.ndarray, num_samples: int, hw: tuple[int, int],
+    *, mixup: float, cutmix: float, prob: float, switch_prob: float,
+) -> Mix:
+    """timm's Mixup in ``elem`` mode, with the partner drawn from the seed instead of the batch:
+    each augmented view is mixed with probability ``prob``, by CutMix with probability
+    ``switch_prob`` when both alphas are > 0, λ ~ Beta(alpha, alpha); clean views never are."""
+    seeds = np.asarray(seeds, dtype=np.uint32)
+    samples = np.asarray(samples, dtype=np.int64)
+    n = len(seeds)
+    height, width = hw
+    use = ~np.asarray(clean, dtype=bool) & (_u(seeds, 0) < prob) & (num_samples > 1) & bool(mixup or cutmix)
+    if mixup and cutmix:
+        cut = use & (_u(seeds, 1) < switch_prob)
+    else:
+        cut = use & bool(cutmix)
+    alpha = np.where(cut, cutmix or 1.0, mixup or 1.0)
+    x, y = _gamma(seeds, alpha, 10), _gamma(seeds, alpha, 50)
+    beta = x / (x + y)
+    partner = _int(seeds, 2, max(num_samples - 1, 1))
+    partner = np.where(use, partner + (partner >= samples), samples)  # never the sample itself
+    partner_seed = (_hash(seeds.astype(np.uint64), _MIX_STREAM + 3) >> np.uint64(32)).astype(np.uint32)
+    # CutMix box as timm's rand_bbox: side sqrt(1 - λ) of the image's, centre uniform, clipped.
+    ratio = np.sqrt(1 - beta)
+    cut_h, cut_w = (height * ratio).astype(np.int64), (width * ratio).astype(np.int64)
+    cy, cx = _int(seeds, 4, height), _int(seeds, 5, width)
+    box = np.stack([np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height),
+                    np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)], axis=1)
+    box[~cut] = 0
+    area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
+    weight = np.where(use & ~cut, np.round(beta * 256).astype(np.int64), 256)
+    lam = np.where(cut, 1 - area / (height * width), weight / 256)
+    return Mix(partner=partner, partner_seed=partner_seed, lam=lam.astype(np.float64), cut=cut, box=box, weight=weight)
+
+
+def mix_images(own: Tensor, partner: Tensor, mix: Mix, rows: np.ndarray) -> Tensor:
+    """Mix uint8 images (B, C, H, W) of the ``rows`` that are mixed with their partners' images,
+    in integers: mixup rounds weight·own + (256 - weight)·partner to the nearest level."""
+    out = own.clone()
+    for r, p in zip(rows.tolist(), partner):
+        if mix.cut[r]:
+            top, bottom, left, right = mix.box[r].tolist()
+            out[r, :, top:bottom, left:right] = p[:, top:bottom, left:right]
+        else:
+            w = int(mix.weight[r])
+            out[r] = ((own[r].to(torch.int32) * w + p.to(torch.int32) * (256 - w) + 128) >> 8).to(torch.uint8)
+    return out
