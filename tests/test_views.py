@@ -68,7 +68,7 @@ def test_params_are_a_pure_function_of_the_seed(spec):
     hw = rng.integers(spec.size, 3 * spec.size, size=(300, 2)) if spec.kind == "resized_crop" else np.array([spec.size] * 2)
     clean = rng.random(300) < 0.2
     whole = spec.params(seeds, hw, clean)
-    assert whole.shape == (300, 5) and whole.dtype == np.int64
+    assert whole.shape == (300, 7) and whole.dtype == np.int64
     assert np.array_equal(spec.params(seeds, hw, clean), whole)  # no hidden state
     # One at a time, and in a shuffled batch: the same rows.
     hw_rows = np.broadcast_to(hw, (300, 2))
@@ -126,7 +126,7 @@ def test_resized_crop_clean_view_is_resize_then_centre_crop():
     assert spec.eval_resize == 256  # 224 / 0.875
     p = spec.params(np.arange(3, dtype=np.uint32), (500, 375), clean=True)
     side = round(375 * 224 / 256)
-    assert (p == [(500 - side) // 2, (375 - side) // 2, side, side, 0]).all()
+    assert (p[:, :5] == [(500 - side) // 2, (375 - side) // 2, side, side, 0]).all()
 
 
 # --------------------------------------------------------------------------- apply
@@ -143,7 +143,7 @@ def test_crop_matches_pad_and_slice():
     params = spec.params(view_seeds(0, 1, np.arange(64)), (32, 32))
     out = spec.apply(images, params)
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    for j, (top, left, h, w, flip) in enumerate(params.tolist()):
+    for j, (top, left, h, w, flip, _, _) in enumerate(params.tolist()):
         want = padded[j, :, top : top + h, left : left + w]
         assert torch.equal(out[j], want.flip(-1) if flip else want)
 

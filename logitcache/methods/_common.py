@@ -110,10 +110,15 @@ class MixedTarget(Tensor):
     ``own``, its partner's ``other`` and its own share ``lam``: :func:`cross_entropy` takes the
     λ-weighted pair, timm's mixup target. Every other use sees a plain tensor of true classes."""
 
-    __torch_function__ = torch._C._disabled_torch_function_impl  # results of ops are plain tensors
     own: Tensor
     other: Tensor
     lam: Tensor
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        # Results of ops are plain tensors (Tensor's own hook would make them attribute-less MixedTargets).
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
 
 
 def mixed_target(true_class: Tensor, own: Tensor, other: Tensor, lam: Tensor) -> MixedTarget:

@@ -39,8 +39,13 @@ def folder(tmp_path_factory):
     return f"imagefolder:{root}"
 
 
-@pytest.fixture(scope="module")
-def dumps(folder, tmp_path_factory):
+# Plain crops (flipped on the device), and the strong per-sample ops with mixed views (flipped,
+# augmented and mixed with their partners in the workers).
+STRONG = {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.5, "mixup": 0.8, "cutmix": 1.0}
+
+
+@pytest.fixture(scope="module", params=[{}, STRONG], ids=["crop", "strong+mix"])
+def dumps(folder, tmp_path_factory, request):
     """The same cache dumped twice: batch 5 with no workers, and batch 16 with two workers."""
     out = {}
     for batch_size, workers in ((5, 0), (16, 2)):
@@ -48,7 +53,7 @@ def dumps(folder, tmp_path_factory):
         result = dump(DumpConfig(
             teacher="resnet8", dataset=folder, out=str(path), random_init=True, views=2, augmentation="resized_crop:16",
             encoding="full", dtype="fp32", chunk_samples=8, device="cpu", batch_size=batch_size, workers=workers,
-            progress=False,
+            progress=False, strong=request.param,
         ))
         assert result.complete
         out[(batch_size, workers)] = path

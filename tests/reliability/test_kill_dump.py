@@ -24,6 +24,8 @@ from logitcache.store.zarr_store import DONE, WRITING
 
 TOTAL = 24  # blocks of the DUMP_ARGS store
 SHARDED = ("--chunk-samples", "8", "--shard-chunks", "2")  # the same 24 blocks, each a shard of 2 chunks
+# Strong per-sample augmentation and mixed views: resumed blocks replay them from the seed.
+STRONG = ("--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0")
 
 # (kill point, layout). Each block writes: marker WRITING, 5 chunk files, marker DONE; before the
 # first block come the group's zarr.json, 7 arrays' zarr.json and 6 chunks of labels.
@@ -41,10 +43,11 @@ POINTS = [
     ("create:4", ()),  # half the arrays created
     ("finalize", ()),  # every block done, store not yet complete
     ("meta", ()),  # half-way through the zarr.json that marks it complete
+    ("mark:13", STRONG),  # mid-way through an augmented, mixed dump
 ]
 
 
-@pytest.mark.parametrize(("point", "layout"), POINTS, ids=[f"{p}{'-sharded' if l else ''}" for p, l in POINTS])
+@pytest.mark.parametrize(("point", "layout"), POINTS, ids=[f"{p}{'-sharded' if l == SHARDED else '-strong' if l else ''}" for p, l in POINTS])
 def test_kill_at_a_point_then_resume(point, layout, run_cli, dump_reference, dump_args, kill_at, check_killed_store,
                                      assert_same_store, tmp_path):
     ref = dump_reference(layout)
