@@ -198,3 +198,62 @@ def test_true_class_is_the_larger_share_and_ce_takes_the_weighted_pair():
     ce_other = torch.nn.functional.cross_entropy(logits, other, reduction="none")
     torch.testing.assert_close(cross_entropy(logits, target), (lam * ce_own + (1 - lam) * ce_other).float().mean())
     assert type(target[:3]) is torch.Tensor and type(target == 1) is torch.Tensor  # other uses: plain true classes
+
+
+# --------------------------------------------------------------------------- end to end
+STRONG = {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "mixup": 0.8, "cutmix": 1.0}
+
+
+@pytest.fixture(scope="module")
+def mixed_cache(tmp_path_factory):
+    """synthetic:n=64,size=8 with strong augmentation and mixed views, every logit in fp32."""
+    from logitcache.dump import DumpConfig, dump
+
+    out = tmp_path_factory.mktemp("mixed") / "c.zarr"
+    assert dump(DumpConfig(teacher="resnet8", dataset="synthetic:n=64,size=8", out=str(out), random_init=True, views=2,
+                           encoding="full", dtype="fp32", chunk_samples=16, batch_size=16, device="cpu",
+                           progress=False, strong=STRONG)).complete
+    return out
+
+
+def test_cache_and_online_teacher_train_the_same_student_on_mixed_views(mixed_cache, tmp_path):
+    """The online teacher sees the images the student trains on; the cache stored the teacher's
+    logits of the same mixed images (DKD: its true class is the larger share's, in both)."""
+    from logitcache.train import TrainConfig, train
+
+    common = dict(student="resnet8", dataset="synthetic:n=64,size=8", method="dkd", epochs=1, device="cpu", workers=0,
+                  progress=False, cache=str(mixed_cache))
+    train(TrainConfig(out=str(tmp_path / "cache"), **common))
+    train(TrainConfig(out=str(tmp_path / "online"), teacher_online=True, teacher="resnet8", random_init_teacher=True,
+                      view_seed=0, **common))
+    a, b = (torch.load(tmp_path / name / "last.pt", map_location="cpu", weights_only=True)["model"] for name in ("cache", "online"))
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()) < 1e-4
+
+
+def test_dump_info_verify_with_strong_augmentation_and_refusal_of_another(run_cli, digits_args, tmp_path):
+    out = tmp_path / "c.zarr"
+    strong = ["--aa", "trivial", "--reprob", "0.25", "--cutmix", "1.0"]
+    result = run_cli(["dump", *digits_args, *strong, "--out", out])
+    assert result.code == 0, result.err
+    assert "aa trivial + reprob 0.25 + mixup 0 cutmix 1 prob 1 switch 0.5" in result.out
+    info = run_cli(["info", out])
+    assert info.code == 0 and "aa trivial + reprob 0.25" in info.out
+    verify = run_cli(["verify", out, "--random-init", "--device", "cpu", "--samples", "40"])
+    assert verify.code == 0, verify.out + verify.err
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    other = run_cli(["dump", *digits_args, "--aa", "rand-m9", "--out", out])
+    assert other.code == 2 and other.err.count("\n") == 1 and "augmentation.aa" in other.err, other.err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--aa", "autoaug"], "cannot read --aa 'autoaug'"),
+    (["--aa", "rand-m9", "--color-jitter", "0.4"], "--color-jitter is not applied with --aa"),
+    (["--reprob", "2"], "--reprob must be in [0, 1]"),
+    (["--mixup-switch-prob", "-0.5", "--mixup", "1"], "--mixup-switch-prob must be in [0, 1]"),
+])
+def test_bad_augmentation_flags_are_one_line_and_leave_nothing(run_cli, digits_args, tmp_path, flags, needle):
+    result = run_cli(["dump", *digits_args, *flags, "--out", tmp_path / "c.zarr"])
+    assert result.code == 2 and result.err.startswith("error:") and result.err.count("\n") == 1, result.err
+    assert needle in result.err
+    assert not (tmp_path / "c.zarr").exists()
