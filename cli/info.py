@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from logitcache._utils import plural
-from logitcache.info import CacheInfo, ViewStats, cache_info
+from logitcache.info import CacheInfo, ViewStats, cache_info, distinct_views
 from logitcache.store.format import EncodingInfo
 from logitcache.views import ViewSpec
 
@@ -19,18 +19,28 @@ from ._options import JsonOpt, QuietOpt, human_bytes
 def info_command(
     cache: Annotated[str, typer.Argument(help="Path or URL of the store.")],
     stats: Annotated[bool, typer.Option(help="Read every view to compute teacher statistics.")] = True,
+    epochs: Annotated[int | None, typer.Option(help="Say how many distinct views per sample a run of this many epochs shows [default: one epoch per stored view].")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Show what a cache holds: teacher, dataset, views, encoding, size on disk, compression,
     teacher accuracy, mis-instruction rate, mean entropy and expected calibration error."""
+    if epochs is not None:
+        distinct_views(1, epochs)  # a bad --epochs is refused before the store is read
     info = cache_info(cache, stats=stats, progress=not quiet and not as_json)
+    count = info.spec["views"]["count"]
+    epochs = count if epochs is None else epochs
+    seen = distinct_views(count, epochs)
     if as_json:
         d = dataclasses.asdict(info)
-        d.update(compression_ratio=info.compression_ratio, bytes_per_pair=info.bytes_per_pair)
+        d.update(compression_ratio=info.compression_ratio, bytes_per_pair=info.bytes_per_pair,
+                 distinct_views={"epochs": epochs, **seen})
         typer.echo(json.dumps(d, indent=2))
         return
     typer.echo(render(info))
+    typer.echo(f"epochs       a run of {plural(epochs, 'epoch')} shows each sample {seen['cycle']:g} distinct "
+               f"augmented view{'s' * (seen['cycle'] != 1)} with --view-policy cycle (a fresh view each epoch for "
+               f"{plural(count, 'epoch')}), {seen['random']:.1f} on average with random")
 
 
 def render(info: CacheInfo) -> str:

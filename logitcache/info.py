@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import BadInput
 from .evaluate import expected_calibration_error
 from .store.reader import CacheReader
 from .store.zarr_store import ZarrStore
@@ -48,6 +49,15 @@ class CacheInfo:
     @property
     def bytes_per_pair(self) -> float:
         return self.bytes_on_disk / self.pairs
+
+
+def distinct_views(views: int, epochs: int) -> dict[str, float]:
+    """Distinct stored views per sample that a run of ``epochs`` epochs shows, by ``--view-policy``:
+    ``cycle`` shows view e mod V in epoch e (a fresh view every epoch until the views run out);
+    ``random`` draws one per epoch, so repeats come sooner (the expected count)."""
+    if epochs < 1:
+        raise BadInput(f"--epochs must be >= 1, got {epochs}")
+    return {"cycle": float(min(epochs, views)), "random": views * (1 - (1 - 1 / views) ** epochs)}
 
 
 def raw_bytes(store: ZarrStore) -> int:

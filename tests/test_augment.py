@@ -4,6 +4,8 @@ any batch, on any device; mixing partners, λ and boxes follow from the seed alo
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +259,29 @@ def test_bad_augmentation_flags_are_one_line_and_leave_nothing(run_cli, digits_a
     assert result.code == 2 and result.err.startswith("error:") and result.err.count("\n") == 1, result.err
     assert needle in result.err
     assert not (tmp_path / "c.zarr").exists()
+
+
+# --------------------------------------------------------------------------- views per epoch
+def test_info_says_how_many_distinct_views_a_run_of_e_epochs_shows(run_cli, synthetic_cache_for_info):
+    three = run_cli(["info", synthetic_cache_for_info, "--no-stats", "--epochs", "3"])
+    assert three.code == 0, three.err
+    assert ("a run of 3 epochs shows each sample 2 distinct augmented views with --view-policy cycle (a fresh view "
+            "each epoch for 2 epochs), 1.8 on average with random") in three.out
+    default = run_cli(["info", synthetic_cache_for_info, "--no-stats", "--json"])
+    assert json.loads(default.out)["distinct_views"] == {"epochs": 2, "cycle": 2.0, "random": 1.5}
+    bad = run_cli(["info", synthetic_cache_for_info, "--epochs", "0"])
+    assert bad.code == 2 and "--epochs must be >= 1, got 0" in bad.err
+
+
+def test_cycle_shows_a_fresh_stored_view_every_epoch_until_they_run_out():
+    from logitcache.train import _Views, TrainConfig
+
+    views = _Views(10, None, TrainConfig(student="resnet8", dataset="digits", out="", views=4))
+    shown = np.stack([views.for_epoch("cycle", e, 0) for e in range(1, 9)])  # (epochs, samples)
+    assert all(len(set(shown[:4, i])) == 4 for i in range(10))  # four epochs, four different views
+    assert np.array_equal(shown[4:], shown[:4])  # then they repeat
+
+
+@pytest.fixture(scope="module")
+def synthetic_cache_for_info(make_cache):
+    return make_cache(dataset="synthetic:n=64,size=8", chunk_samples=16)
