@@ -1,0 +1,121 @@
+"""7. Strong augmentation: what mixed views cost on disk, and the folder pipeline's speed with
+RandAugment + random erasing against torchvision's with the same ops.
+
+Bytes: the same dump (synthetic 32×32, 100 classes, top-10 bf16, resnet8 teacher at random init)
+made with crop + flip only and with ``--aa rand-m9-mstd0.5-inc1 --reprob 0.25 --mixup 0.8
+--cutmix 1.0``; the partner, λ and box of a mixed view are derived from its seed, so the store
+holds the same arrays and the seed stays the only per-view cost.
+
+Speed: an image folder of JPEGs (ImageNet-like sizes), decoded with Pillow in both pipelines,
+one process, no workers: logitcache's loader (``augmented_batches``: decode, resized crop 224 +
+flip, the seeded integer ops, normalise) against torchvision's ImageFolder + RandomResizedCrop(224)
++ flip [+ RandAugment(2, 9) + RandomErasing(0.25)] + ToTensor + Normalize, without and with the
+strong ops, interleaved and repeated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from logitcache.datasets import open_dataset
+from logitcache.dump import DumpConfig, dump
+from logitcache.info import cache_info
+from logitcache.loader import ViewBatch, augmented_batches
+from logitcache.views import ViewSpec, view_seeds
+
+from ._common import Ctx, Section, median, spread, table, timed
+
+STRONG = {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "mixup": 0.8, "cutmix": 1.0}
+TARGET_BYTES = 4.0  # per view above crop + flip
+TARGET_SPEED = 1.0  # logitcache / torchvision images/s, both with RandAugment + erasing
+
+
+def _bytes(ctx: Ctx) -> list[list[str]]:
+    n = ctx.n(4096, 512)
+    rows, per = [], {}
+    for name, strong in (("crop + flip", {}), ("+ aa, reprob, mixup, cutmix", STRONG)):
+        out = ctx.workdir / f"augment-{len(per)}.zarr"
+        dump(DumpConfig(teacher="resnet8", dataset=f"synthetic:n={n},classes=100,size=32", out=str(out), random_init=True,
+                        views=2, encoding="topk", topk=10, dtype="bf16", chunk_samples=1024, device="cpu", workers=0,
+                        progress=False, overwrite=True, strong=strong))
+        info = cache_info(str(out), stats=False)
+        per[name] = info.bytes_per_pair
+        arrays = sorted(_arrays(out))
+        rows.append([name, f"{info.bytes_per_pair:.2f} B", f"{info.raw_bytes / info.pairs:.2f} B", ", ".join(arrays)])
+    extra = per["+ aa, reprob, mixup, cutmix"] - per["crop + flip"]
+    rows.append(["difference", f"{extra:+.2f} B", "", "met" if extra <= TARGET_BYTES else "MISSED"])
+    return rows
+
+
+def _arrays(path) -> list[str]:
+    return [p.parent.name for p in path.glob("*/zarr.json")]
+
+
+def _folder(ctx: Ctx, count: int):
+    from PIL import Image
+
+    root = ctx.workdir / "augment-folder"
+    gen = np.random.default_rng(0)
+    for j in range(count):
+        h, w = (375, 500) if j % 2 else (500, 333)
+        folder = root / "train" / f"c{j % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Smooth noise, so that JPEG sizes and decode times are photo-like rather than worst case.
+        small = gen.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((w, h), Image.BILINEAR).save(folder / f"{j:03d}.jpg", quality=90)
+    return root
+
+
+def _ours(dataset, spec: ViewSpec, n: int) -> float:
+    seeds = view_seeds(0, 1, np.arange(n))
+    batches = [ViewBatch(samples=np.arange(s, min(s + 16, n)), seeds=seeds[s : s + 16], clean=np.zeros(min(16, n - s), bool))
+               for s in range(0, n, 16)]
+    return timed(lambda: [x for _, x in augmented_batches(dataset, spec, batches, device=torch.device("cpu"))])
+
+
+def _torchvision(root, strong: bool, n: int) -> float:
+    from torchvision import datasets, transforms
+
+    ops = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+    ops += [transforms.RandAugment(num_ops=2, magnitude=9)] if strong else []
+    ops += [transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    ops += [transforms.RandomErasing(p=0.25)] if strong else []
+    data = datasets.ImageFolder(str(root / "train"), transform=transforms.Compose(ops))
+    loader = torch.utils.data.DataLoader(data, batch_size=16, num_workers=0)
+    return timed(lambda: [x for x, _ in loader])
+
+
+def _speed(ctx: Ctx) -> tuple[list[list[str]], float]:
+    n, repeats = ctx.n(96, 16), ctx.n(5, 1)
+    root = _folder(ctx, n)
+    dataset = open_dataset(f"imagefolder:{root}", "train")
+    plain = ViewSpec(kind="resized_crop", size=224)
+    strong = ViewSpec(kind="resized_crop", size=224, aa=STRONG["aa"], reprob=STRONG["reprob"])
+    runs = {"logitcache": ([], []), "torchvision": ([], [])}
+    for _ in range(repeats):
+        ctx.quiet()
+        runs["logitcache"][0].append(n / _ours(dataset, plain, n))
+        runs["logitcache"][1].append(n / _ours(dataset, strong, n))
+        runs["torchvision"][0].append(n / _torchvision(root, False, n))
+        runs["torchvision"][1].append(n / _torchvision(root, True, n))
+    rows = []
+    for name, (p, s) in runs.items():
+        rows.append([name, f"{median(p):.1f} /s ({spread(p):.0f} %)", f"{median(s):.1f} /s ({spread(s):.0f} %)",
+                     f"{median(s) / median(p):.3f}"])
+    ratio = median(runs["logitcache"][1]) / median(runs["torchvision"][1])
+    return rows, ratio
+
+
+def run(ctx: Ctx) -> Section:
+    bytes_rows = _bytes(ctx)
+    speed_rows, ratio = _speed(ctx)
+    verdict = "met" if ratio >= TARGET_SPEED else "MISSED"
+    body = "\n\n".join([
+        __doc__.split("\n\n", 1)[1].strip(),
+        table(["views", "bytes per sample-view on disk", "raw", "arrays"], bytes_rows),
+        f"Target: ≤ {TARGET_BYTES:g} B per view above crop + flip (the seed is the only per-view cost).",
+        table(["pipeline", "images/s, crop + flip", "images/s, + RandAugment + erasing", "strong / plain"], speed_rows),
+        f"logitcache / torchvision with RandAugment + erasing: **{ratio:.3f}** (target ≥ {TARGET_SPEED:g}: {verdict}).",
+    ])
+    return Section(title="7. Strong augmentation", body=body)
