@@ -122,6 +122,7 @@ def _trivial_ops() -> list[Callable[[int, int, tuple[int, int]], tuple[str, tupl
 
 
 _TRIVIAL = _trivial_ops()
+_RAND = {inc: _rand_ops(inc) for inc in (False, True)}
 _RAND_KEYS = {"m": float, "n": int, "mstd": float, "mmax": float, "inc": int, "p": float}
 
 
@@ -170,7 +171,7 @@ class AutoAugment:
         if self.policy == "trivial":
             op = _TRIVIAL[draws.randint(0, len(_TRIVIAL))](draws.randint(1, 31), draws.sign(2), hw)
             return [op] if op else []
-        ops = _rand_ops(bool(self.inc))
+        ops = _RAND[bool(self.inc)]
         names = list(ops)
         out: Plan = []
         for layer in range(self.n):  # timm: n ops chosen with replacement, each applied with probability p

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +35,10 @@ _WEIGHT_BITS = 14  # fixed-point precision of resampling weights (each row sums 
 
 
 # --------------------------------------------------------------------------- spec
-_OLD_FIELDS = 7  # ViewSpec's fields before strong augmentation and mixing (kind .. eval_resize)
+# ViewSpec's fields of strong augmentation and mixing: left out of the JSON at their defaults, so
+# that stores made without them keep their spec and identity.
+_OPTIONAL = ("aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
+_UNIT_INTERVAL = ("reprob", "mixup_prob", "mixup_switch_prob")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,14 +87,14 @@ class ViewSpec:
             object.__setattr__(self, "aa", AutoAugment.parse(self.aa).canonical())
             if self.color_jitter:
                 raise BadInput("--color-jitter is not applied with --aa (timm turns it off too): drop one of them")
-        for name in ("color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob"):
+        for name in _OPTIONAL[1:]:
             value = float(getattr(self, name))
-            high = 1.0 if name in ("reprob", "mixup_prob", "mixup_switch_prob") else math.inf
+            high = 1.0 if name in _UNIT_INTERVAL else math.inf
             if not 0.0 <= value <= high:  # NaN fails too
                 raise BadInput(f"--{name.replace('_', '-')} must be {'in [0, 1]' if high == 1 else '>= 0'}, got {value}")
             object.__setattr__(self, name, value)
 
-    @property
+    @cached_property
     def _aa(self) -> AutoAugment | None:
         return AutoAugment.parse(self.aa) if self.aa else None
 
@@ -106,8 +110,8 @@ class ViewSpec:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
-        for f in fields(self)[_OLD_FIELDS:]:  # left out at their defaults: older stores keep their identity
-            if d[f.name] == f.default:
+        for f in fields(self):
+            if f.name in _OPTIONAL and d[f.name] == f.default:
                 del d[f.name]
         return d
 
@@ -119,7 +123,10 @@ class ViewSpec:
                 f"the store's augmentation uses {', '.join(sorted(unknown))}, which this logitcache does not know: "
                 "upgrade logitcache (pip install -U logitcache)"
             )
-        return cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
+        try:
+            return cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
+        except (KeyError, TypeError, ValueError, BadInput) as e:
+            raise CacheMismatch(f"the store's augmentation is malformed ({e}): re-dump it") from None
 
     def describe(self) -> str:
         flip = "+flip" if self.flip else ""

@@ -285,3 +285,9 @@ def test_cycle_shows_a_fresh_stored_view_every_epoch_until_they_run_out():
 @pytest.fixture(scope="module")
 def synthetic_cache_for_info(make_cache):
     return make_cache(dataset="synthetic:n=64,size=8", chunk_samples=16)
+
+
+@pytest.mark.parametrize("edit", [{"reprob": "lots"}, {"aa": "rand-q1"}, {"size": None}])
+def test_a_malformed_stored_augmentation_is_one_error(edit):
+    with pytest.raises(CacheMismatch, match="augmentation is malformed"):
+        ViewSpec.from_json({**ViewSpec(kind="crop", size=8).to_json(), **edit})
