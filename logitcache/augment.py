@@ -208,7 +208,7 @@ def erase_plan(prob: float, draws: _Draws, hw: tuple[int, int]) -> Plan:
 
 # --------------------------------------------------------------------------- integer ops
 def _luma(x: Tensor) -> Tensor:
-    """(1, H, W) int64 grey level: PIL's "L" conversion for RGB, the image itself for one channel."""
+    """(1, H, W) integer grey level: PIL's "L" conversion for RGB, the image itself for one channel."""
     if x.shape[0] == 3:
         return (x[0] * 19595 + x[1] * 38470 + x[2] * 7471 + 32768)[None] >> 16
     return (x.sum(0, keepdim=True) + x.shape[0] // 2) // x.shape[0]
@@ -251,30 +251,38 @@ def _equalize(x: Tensor) -> Tensor:
 def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor:
     """Bilinear affine warp in fixed point: the source of each output pixel centre is
     M (p - centre) + centre + t, in 1/65536 pixel; taps outside the image read FILL."""
-    _, h, w = x.shape
-    dev = x.device
-    u = (2 * torch.arange(w, device=dev) + 1 - w)[None, :]  # 2 (x + 1/2 - w/2): half pixels
-    v = (2 * torch.arange(h, device=dev) + 1 - h)[:, None]
+    channels, h, w = x.shape
     one = 1 << _AFFINE_BITS
+    # Coordinates in int32 where no sum below can reach 2**31 (any view size in practice), else int64.
+    bound = max((abs(a) + abs(b)) * 2 * w + w * one + 2 * abs(tx), (abs(c) + abs(d)) * 2 * h + h * one + 2 * abs(ty))
+    kind = torch.int32 if bound < 2**31 else torch.int64
+    u = (2 * torch.arange(w, device=x.device, dtype=kind) + 1 - w)[None, :]  # 2 (x + 1/2 - w/2): half pixels
+    v = (2 * torch.arange(h, device=x.device, dtype=kind) + 1 - h)[:, None]
     sx = a * u + b * v + (w - 1) * one + 2 * tx  # 2·65536 × (source x - 1/2)
     sy = c * u + d * v + (h - 1) * one + 2 * ty
     shift = _AFFINE_BITS + 1
-    ix, iy = sx >> shift, sy >> shift
-    fx, fy = (sx >> (shift - 8)) & 255, (sy >> (shift - 8)) & 255
+    fx, fy = ((sx >> (shift - 8)) & 255).to(x.dtype), ((sy >> (shift - 8)) & 255).to(x.dtype)
+    # A border of two FILL pixels, and coordinates clamped into it: a tap pair left of, right of,
+    # above or below the image then reads FILL twice, and one gather per tap needs no mask.
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=FILL).reshape(channels, -1)
+    ix = (sx >> shift).clamp(-2, w) + 2
+    iy = (sy >> shift).clamp(-2, h) + 2
+    base = (iy * (w + 4) + ix).reshape(-1).to(torch.int64)
 
-    def tap(yy: Tensor, xx: Tensor) -> Tensor:
-        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        return torch.where(inside, x[:, yy.clamp(0, h - 1), xx.clamp(0, w - 1)], FILL)
+    def tap(offset: int) -> Tensor:
+        return padded.index_select(1, base + offset).view(channels, h, w)
 
-    top = tap(iy, ix) * (256 - fx) + tap(iy, ix + 1) * fx
-    bottom = tap(iy + 1, ix) * (256 - fx) + tap(iy + 1, ix + 1) * fx
-    return (top * (256 - fy) + bottom * fy + 32768) >> 16
+    left, right = tap(0), tap(1)
+    top = (left << 8) + (right - left) * fx  # = left (256 - fx) + right fx
+    left, right = tap(w + 4), tap(w + 5)
+    bottom = (left << 8) + (right - left) * fx
+    return ((top << 8) + (bottom - top) * fy + 32768) >> 16
 
 
 def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:
     noise = _hash(np.uint64(seed), _STREAM - 1, np.arange(x.shape[0] * h * w)) >> np.uint64(56)
     out = x.clone()
-    out[:, top : top + h, left : left + w] = torch.from_numpy(noise.astype(np.int64)).view(-1, h, w).to(x.device)
+    out[:, top : top + h, left : left + w] = torch.from_numpy(noise.astype(np.int32)).view(-1, h, w).to(x.device)
     return out
 
 
@@ -297,7 +305,7 @@ def run_plan(image: Tensor, plan: Plan, seed: int) -> Tensor:
     """Apply one view's integer ops to a (C, H, W) uint8 image on its device."""
     if not plan:
         return image
-    x = image.to(torch.int64)
+    x = image.to(torch.int32)  # every intermediate stays below 2**31 (at most 255 · 2**16)
     for name, args in plan:
         x = _erase(x, seed, *args) if name == "erase" else _OPS[name](x, *args).clamp(0, 255)
     return x.to(torch.uint8)
