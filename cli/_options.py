@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import fields
+from typing import Annotated, Any
 
 import typer
+
+from logitcache.views import STRONG_FIELDS, ViewSpec
 
 DeviceOpt = Annotated[str, typer.Option(help="auto (GPU if present, else CPU), cpu, cuda or cuda:N.")]
 DataRootOpt = Annotated[
@@ -15,6 +18,24 @@ CheckpointOpt = Annotated[str | None, typer.Option(help="Teacher weights: a stat
 RandomInitOpt = Annotated[bool, typer.Option(help="Seeded random teacher weights instead of a checkpoint (tests only).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+# Strong augmentation and mixing, timm's flags: dump records them in the store; train takes them only
+# without a cache (a cache's own augmentation is always the one replayed).
+AaOpt = Annotated[str | None, typer.Option(help="Auto-augment per view, timm's spelling: rand-m9-mstd0.5-inc1 (RandAugment) or trivial (TrivialAugment).")]
+ColorJitterOpt = Annotated[float, typer.Option(help="Colour jitter strength (brightness, contrast, saturation); not with --aa, as in timm.")]
+ReprobOpt = Annotated[float, typer.Option(help="Random-erasing probability per view (timm's --reprob).")]
+MixupOpt = Annotated[float, typer.Option(help="Mixup Beta alpha; > 0 mixes each view with a partner drawn from its seed.")]
+CutmixOpt = Annotated[float, typer.Option(help="CutMix Beta alpha; > 0 pastes a partner's box, drawn from the seed.")]
+MixupProbOpt = Annotated[float, typer.Option(help="Probability that a view is mixed at all (timm's --mixup-prob).")]
+MixupSwitchProbOpt = Annotated[float, typer.Option(help="Probability of CutMix rather than mixup when both are on.")]
+
+
+def strong_augmentation(aa: str | None, color_jitter: float, reprob: float, mixup: float, cutmix: float,
+                        mixup_prob: float, mixup_switch_prob: float) -> dict[str, Any]:
+    """The options that were given, as ViewSpec fields (an empty dict: none was)."""
+    given = dict(aa=aa or "", color_jitter=color_jitter, reprob=reprob, mixup=mixup, cutmix=cutmix,
+                 mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob)
+    defaults = {f.name: f.default for f in fields(ViewSpec) if f.name in STRONG_FIELDS}
+    return {k: v for k, v in given.items() if v != defaults[k]}
 
 
 def human_bytes(n: float) -> str:

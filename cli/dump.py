@@ -11,7 +11,21 @@ from logitcache.distributed import torchrun_rank
 from logitcache.dump import AUTO_FULL_MAX_CLASSES, DEFAULT_TOPK, DumpConfig, dump
 from logitcache.errors import BadInput
 
-from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt, RandomInitOpt
+from ._options import (
+    AaOpt,
+    CheckpointOpt,
+    ColorJitterOpt,
+    CutmixOpt,
+    DataRootOpt,
+    DeviceOpt,
+    MixupOpt,
+    MixupProbOpt,
+    MixupSwitchProbOpt,
+    QuietOpt,
+    RandomInitOpt,
+    ReprobOpt,
+    strong_augmentation,
+)
 
 
 def _resolve_shard(text: str | None) -> tuple[int, int]:
@@ -40,13 +54,13 @@ def dump_command(
     augment: Annotated[
         str | None, typer.Option(help="Augmentation: crop:SIZE:PAD[:noflip] or resized_crop:SIZE[:MIN-MAX][:noflip]. Default: the dataset's.")
     ] = None,
-    aa: Annotated[str | None, typer.Option(help="Auto-augment per view, timm's spelling: rand-m9-mstd0.5-inc1 (RandAugment) or trivial (TrivialAugment).")] = None,
-    color_jitter: Annotated[float, typer.Option(help="Colour jitter strength (brightness, contrast, saturation); not with --aa, as in timm.")] = 0.0,
-    reprob: Annotated[float, typer.Option(help="Random-erasing probability per view (timm's --reprob).")] = 0.0,
-    mixup: Annotated[float, typer.Option(help="Mixup Beta alpha; > 0 mixes each view with a partner drawn from its seed.")] = 0.0,
-    cutmix: Annotated[float, typer.Option(help="CutMix Beta alpha; > 0 pastes a partner's box, drawn from the seed.")] = 0.0,
-    mixup_prob: Annotated[float, typer.Option(help="Probability that a view is mixed at all (timm's --mixup-prob).")] = 1.0,
-    mixup_switch_prob: Annotated[float, typer.Option(help="Probability of CutMix rather than mixup when both are on.")] = 0.5,
+    aa: AaOpt = None,
+    color_jitter: ColorJitterOpt = 0.0,
+    reprob: ReprobOpt = 0.0,
+    mixup: MixupOpt = 0.0,
+    cutmix: CutmixOpt = 0.0,
+    mixup_prob: MixupProbOpt = 1.0,
+    mixup_switch_prob: MixupSwitchProbOpt = 0.5,
     topk: Annotated[int | None, typer.Option(help="Store the top-k logits (+ log-normaliser and true-class logit). Default: all logits up to 32 classes, the top 10 above.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Store all logits (the default up to 32 classes).")] = False,
     dtype: Annotated[str, typer.Option(help="fp32, fp16 or bf16; top-k also q8 (8-bit gaps, the compact form).")] = "fp16",
@@ -75,8 +89,7 @@ def dump_command(
         teacher=teacher, dataset=dataset, out=out, checkpoint=checkpoint, random_init=random_init,
         data_root=data_root, download=download, split=split, views=views, clean_view=clean_view,
         augmentation=augment, encoding=encoding,
-        strong=dict(aa=aa or "", color_jitter=color_jitter, reprob=reprob, mixup=mixup, cutmix=cutmix,
-                    mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob), topk=topk, dtype=dtype, codec=codec,
+        strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), topk=topk, dtype=dtype, codec=codec,
         checksum=checksum, chunk_samples=chunk_samples, shard_chunks=shard_chunks, seed=seed, device=device,
         batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_resolve_shard(shard), finalize_only=finalize,
         progress=not quiet,

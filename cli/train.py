@@ -11,7 +11,20 @@ from logitcache.errors import BadInput
 from logitcache.train import TrainConfig, train
 
 from ._config import load_config, merge_set
-from ._options import CheckpointOpt, DataRootOpt, DeviceOpt, QuietOpt
+from ._options import (
+    AaOpt,
+    CheckpointOpt,
+    ColorJitterOpt,
+    CutmixOpt,
+    DataRootOpt,
+    DeviceOpt,
+    MixupOpt,
+    MixupProbOpt,
+    MixupSwitchProbOpt,
+    QuietOpt,
+    ReprobOpt,
+    strong_augmentation,
+)
 
 
 def train_command(
@@ -40,6 +53,13 @@ def train_command(
     view_policy: Annotated[str, typer.Option(help="cycle (view e mod V in epoch e) or random (seeded random view per sample and epoch).")] = "cycle",
     views: Annotated[int | None, typer.Option(help="Without a cache: views to derive [default: one per epoch].")] = None,
     view_seed: Annotated[int, typer.Option(help="Without a cache: the seed views derive from (as dump --seed).")] = 0,
+    aa: AaOpt = None,
+    color_jitter: ColorJitterOpt = 0.0,
+    reprob: ReprobOpt = 0.0,
+    mixup: MixupOpt = 0.0,
+    cutmix: CutmixOpt = 0.0,
+    mixup_prob: MixupProbOpt = 1.0,
+    mixup_switch_prob: MixupSwitchProbOpt = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the student's initialisation and the sample order.")] = 0,
     device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
@@ -66,7 +86,8 @@ def train_command(
         preset=None if preset in (None, "none") else preset, force_preset=force_preset, logit_stand=logit_stand,
         overrides=tuple(set_ or ()), epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         weight_decay=weight_decay, milestones=stones, lr_decay=lr_decay, val_fraction=val_fraction,
-        view_policy=view_policy, views=views, view_seed=view_seed, seed=seed, device=device, workers=workers,
+        view_policy=view_policy, views=views, view_seed=view_seed,
+        strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), seed=seed, device=device, workers=workers,
         sync_bn=sync_bn, resume=resume, progress=not quiet, log=tuple(log or ()),
     )
     # Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes and prints.

@@ -98,6 +98,8 @@ class TrainConfig:
     view_policy: str = "cycle"
     views: int | None = None  # without a cache: augmented views to derive (None: one per epoch)
     view_seed: int = 0  # without a cache: the seed views are derived from, as a dump would
+    # Without a cache: strong augmentation and mixing on the dataset's views (ViewSpec fields, as dump's).
+    strong: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     workers: int = 2
@@ -242,7 +244,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     resolved = _resolve_method(config, sources.teacher_name)
     hparams = resolved.values
     train_samples, val_set = _holdout(train_set, config)
-    view_spec = ViewSpec.from_json(reader.spec.views.augmentation) if reader else train_set.train_view
+    if reader:
+        view_spec = ViewSpec.from_json(reader.spec.views.augmentation)
+    else:
+        view_spec = dataclasses.replace(train_set.train_view, **config.strong)
     views = _Views(len(train_set), reader, config)
 
     is_main = rank == 0
@@ -329,6 +334,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     return result
 
 
+_STRONG_FROM_CACHE = ("a cache replays its own augmentation (logitcache info shows it): drop --aa, --color-jitter, "
+                      "--reprob and --mixup/--cutmix options, or train without the cache")
+
+
 def _validate(config: TrainConfig) -> None:
     if config.epochs < 1 or config.batch_size < 2:
         raise BadInput("--epochs must be >= 1 and --batch-size >= 2 (BatchNorm needs two samples)")
@@ -336,6 +345,9 @@ def _validate(config: TrainConfig) -> None:
         raise BadInput(f"unknown --view-policy {config.view_policy!r}: use {' or '.join(VIEW_POLICIES)}")
     if config.cache and config.views is not None:
         raise BadInput("--views is taken from the cache: drop it (or drop --cache)")
+    if config.cache and config.strong:
+        raise BadInput(_STRONG_FROM_CACHE)
+    ViewSpec(kind="crop", size=1, **config.strong)  # bad values are refused before anything is written
     _check_optimizer(config)
     _check_milestones(config)
     if not 0 <= config.val_fraction < 1:
@@ -515,6 +527,8 @@ def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageD
         cache = entry.location
         if config.views is not None:  # _validate could not know a cache would be found
             raise BadInput(f"--views is taken from the cache found ({cache}): drop --views")
+        if config.strong:
+            raise BadInput(f"{_STRONG_FROM_CACHE} (found {cache})")
     reader = None
     if cache:
         try:

@@ -37,7 +37,7 @@ _WEIGHT_BITS = 14  # fixed-point precision of resampling weights (each row sums 
 # --------------------------------------------------------------------------- spec
 # ViewSpec's fields of strong augmentation and mixing: left out of the JSON at their defaults, so
 # that stores made without them keep their spec and identity.
-_OPTIONAL = ("aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
+STRONG_FIELDS = ("aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
 _UNIT_INTERVAL = ("reprob", "mixup_prob", "mixup_switch_prob")
 
 
@@ -87,7 +87,7 @@ class ViewSpec:
             object.__setattr__(self, "aa", AutoAugment.parse(self.aa).canonical())
             if self.color_jitter:
                 raise BadInput("--color-jitter is not applied with --aa (timm turns it off too): drop one of them")
-        for name in _OPTIONAL[1:]:
+        for name in STRONG_FIELDS[1:]:
             value = float(getattr(self, name))
             high = 1.0 if name in _UNIT_INTERVAL else math.inf
             if not 0.0 <= value <= high:  # NaN fails too
@@ -111,7 +111,7 @@ class ViewSpec:
         d = asdict(self)
         d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
         for f in fields(self):
-            if f.name in _OPTIONAL and d[f.name] == f.default:
+            if f.name in STRONG_FIELDS and d[f.name] == f.default:
                 del d[f.name]
         return d
 

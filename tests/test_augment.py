@@ -226,10 +226,21 @@ def test_cache_and_online_teacher_train_the_same_student_on_mixed_views(mixed_ca
     common = dict(student="resnet8", dataset="synthetic:n=64,size=8", method="dkd", epochs=1, device="cpu", workers=0,
                   progress=False, cache=str(mixed_cache))
     train(TrainConfig(out=str(tmp_path / "cache"), **common))
-    train(TrainConfig(out=str(tmp_path / "online"), teacher_online=True, teacher="resnet8", random_init_teacher=True,
-                      view_seed=0, **common))
-    a, b = (torch.load(tmp_path / name / "last.pt", map_location="cpu", weights_only=True)["model"] for name in ("cache", "online"))
-    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()) < 1e-4
+    online = dict(teacher_online=True, teacher="resnet8", random_init_teacher=True, view_seed=0)
+    train(TrainConfig(out=str(tmp_path / "online"), **online, **common))
+    common.pop("cache")  # and with no cache at all: the views derived, augmented and mixed as the dump did
+    train(TrainConfig(out=str(tmp_path / "no_cache"), views=2, strong=STRONG, **online, **common))
+    a = torch.load(tmp_path / "cache" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    for name in ("online", "no_cache"):
+        b = torch.load(tmp_path / name / "last.pt", map_location="cpu", weights_only=True)["model"]
+        assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()) < 1e-4
+
+
+def test_train_with_a_cache_refuses_augmentation_options(run_cli, mixed_cache, tmp_path):
+    result = run_cli(["train", "--student", "resnet8", "--dataset", "synthetic:n=64,size=8", "--cache", mixed_cache,
+                      "--epochs", "1", "--device", "cpu", "--out", tmp_path / "run", "--aa", "trivial", "--quiet"])
+    assert result.code == 2 and result.err.count("\n") == 1 and "a cache replays its own augmentation" in result.err
+    assert not (tmp_path / "run").exists()
 
 
 def test_dump_info_verify_with_strong_augmentation_and_refusal_of_another(run_cli, digits_args, tmp_path):
