@@ -126,7 +126,7 @@ def test_misspelt_keys_each_get_their_suggestion(tmp_path, run_cli):
                                     "--out", tmp_path / "run"]))
     assert "epoch: did you mean epochs?" in line and "batchsize: did you mean batch_size?" in line
     assert "set_: did you mean set?" in line and "zzz:" not in line
-    assert "unknown key(s) batchsize, epoch, set_, zzz in" in line and "valid keys: batch_size, cache," in line
+    assert "unknown key(s) batchsize, epoch, set_, zzz in" in line and "valid keys: aa, batch_size, cache," in line
 
 
 FILES = {  # what --config names -> words of the refusal
