@@ -21,6 +21,7 @@ logit ``r``. Read ``exact`` to tell the two apart.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -118,6 +119,20 @@ class TeacherView:
         if self.full_logits is not None:
             return torch.log_softmax(self.full_logits, dim=1).gather(1, self.target[:, None])[:, 0]
         return self.target_logit - self.lse
+
+    def with_teacher_labels(self, rows: Tensor) -> TeacherView:
+        """The same view with the label of each row in ``rows`` ((B,) bool) replaced by the
+        teacher's top-1 class: a sample without a label (``train --label-fraction``).
+
+        A top-k view stores the true-class logit beside its top-k; on those rows it is replaced by
+        the top-1 logit (the new label's, already stored), so the rebuild knows exactly the top-k
+        and spreads the rest mass evenly, the hidden label included: nothing of it stays in the view.
+        """
+        target = torch.where(rows, self.argmax, self.target)
+        if self.full_logits is not None:
+            return dataclasses.replace(self, target=target)
+        target_logit = torch.where(rows, self.topk_values[:, 0], self.target_logit)
+        return dataclasses.replace(self, target=target, target_logit=target_logit)
 
     def to(self, device: torch.device | str) -> TeacherView:
         """The same view with every tensor on ``device`` (non-blocking where possible)."""

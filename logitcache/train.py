@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -65,8 +66,11 @@ VIEW_POLICIES = ("cycle", "random")
 RECIPE_EPOCHS = 240  # the run length the default milestones and warm-ups were published for
 MILESTONE_FRACTIONS = (150 / RECIPE_EPOCHS, 180 / RECIPE_EPOCHS, 210 / RECIPE_EPOCHS)
 WARMUP_KEY = "warmup"  # the methods' hyper-parameter of linear KD warm-up, in epochs
+CE_WEIGHT_KEY = "ce_weight"  # the weight of a KD method's "ce" term: --label-fraction drops it per sample
 # The hold-out's random stream: epoch orders use [seed, epoch] with 1-based epochs, so 0 is free.
 _HOLDOUT_STREAM = 0
+# The labelled share's: [seed, 0, 1] is a longer entropy key than any epoch's or the hold-out's.
+_LABEL_STREAM = (0, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +99,7 @@ class TrainConfig:
     milestones: tuple[int, ...] | None = None  # None: 62.5/75/87.5 % of epochs
     lr_decay: float = 0.1
     val_fraction: float = 0.0  # > 0: select best.pt on this share of the training split, never trained on
+    label_fraction: float = 1.0  # < 1: only this seeded share of the trained-on samples keeps its label
     view_policy: str = "cycle"
     views: int | None = None  # without a cache: augmented views to derive (None: one per epoch)
     view_seed: int = 0  # without a cache: the seed views are derived from, as a dump would
@@ -244,6 +249,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     resolved = _resolve_method(config, sources.teacher_name)
     hparams = resolved.values
     train_samples, val_set = _holdout(train_set, config)
+    labelled = _labelled(train_samples, config, method.needs_teacher, hparams)
+    if labelled is not None and not method.needs_teacher:
+        train_samples = labelled  # without a teacher an unlabelled image has no target at all
     if reader:
         view_spec = ViewSpec.from_json(reader.spec.views.augmentation)
     else:
@@ -280,13 +288,13 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     loggers = []
     if is_main:
         record = {**_config_record(config, hparams, sources, device),
-                  **_settings_record(config, resolved, train_set, test_set, val_set)}
+                  **_settings_record(config, resolved, train_set, test_set, val_set, train_samples, labelled)}
         _utils.atomic_write_json(out / "config.json", record)
         loggers = open_loggers(config.log, out, record)
         for logger in loggers:  # closed however the run ends
             cleanup.callback(logger.close)
     echo(_settings_block(config, resolved, sources.teacher_name if method.needs_teacher else None, val_set,
-                         len(train_set)))
+                         len(train_set), labelled))
 
     wall = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -295,7 +303,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
             reader.prefetch(int(views.for_epoch("cycle", epoch + 1, config.seed)[0]))
         stats, forwards = _train_epoch(
             model, method.fn, hparams, train_set, train_samples, view_spec, views, epoch_views, reader, teacher,
-            config, epoch, optimizer, device, rank, world_size,
+            config, epoch, optimizer, device, rank, world_size, None if labelled is None or not method.needs_teacher
+            else _label_mask(len(train_set), labelled),
         )
         forwards_run += forwards
         lr = optimizer.param_groups[0]["lr"]
@@ -350,6 +359,9 @@ def _validate(config: TrainConfig) -> None:
     ViewSpec(kind="crop", size=1, **config.strong)  # bad values are refused before anything is written
     _check_optimizer(config)
     _check_milestones(config)
+    if not (math.isfinite(config.label_fraction) and 0 < config.label_fraction <= 1):
+        raise BadInput(f"--label-fraction must be in (0, 1] (the share of training images that keep their label), "
+                       f"got {config.label_fraction}")
     if not 0 <= config.val_fraction < 1:
         raise BadInput(f"--val-fraction must be in [0, 1) (the share of training images held out), "
                        f"got {config.val_fraction}")
@@ -431,9 +443,39 @@ def _holdout(train_set: ImageDataset, config: TrainConfig) -> tuple[np.ndarray, 
     return train_samples, train_set.subset(held_out)
 
 
+def labelled_split(train_samples: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The training samples that keep their label, sorted: a pure function of (the samples trained
+    on, fraction, seed), so every method and a resumed run see the same labels at the same seed."""
+    count = round(fraction * len(train_samples))
+    perm = np.random.default_rng([seed, *_LABEL_STREAM]).permutation(len(train_samples))
+    return np.sort(train_samples[perm[:count]])
+
+
+def _labelled(train_samples: np.ndarray, config: TrainConfig, needs_teacher: bool,
+              hparams: dict[str, Any]) -> np.ndarray | None:
+    """The samples that keep their label under ``label_fraction`` (None: every sample does)."""
+    if config.label_fraction == 1:
+        return None
+    labelled = labelled_split(train_samples, config.label_fraction, config.seed)
+    if len(labelled) < 2:
+        raise BadInput(f"--label-fraction {config.label_fraction:g} of {len(train_samples)} training images leaves "
+                       f"{len(labelled)} labelled: choose a fraction that keeps at least two")
+    if needs_teacher and CE_WEIGHT_KEY not in hparams:
+        raise BadInput(f"method {config.method} has no {CE_WEIGHT_KEY} term to drop on unlabelled images: "
+                       "drop --label-fraction for it")
+    return labelled
+
+
+def _label_mask(n: int, labelled: np.ndarray) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.from_numpy(labelled)] = True
+    return mask
+
+
 def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: ImageDataset,
-                     test_set: ImageDataset, val_set: ImageDataset | None) -> dict[str, Any]:
-    """What config.json records beside the options: preset, value sources, selection and the data."""
+                     test_set: ImageDataset, val_set: ImageDataset | None, train_samples: np.ndarray,
+                     labelled: np.ndarray | None) -> dict[str, Any]:
+    """What config.json records beside the options: preset, value sources, selection, labels and the data."""
     return {
         "preset": resolved.preset,
         "hparam_sources": resolved.sources,
@@ -441,12 +483,17 @@ def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: 
             "by": "val", "fraction": config.val_fraction, "seed": config.seed, "samples": len(val_set),
             "fingerprint": val_set.fingerprint,
         },
+        "labels": {"fraction": 1.0, "labelled": len(train_samples)} if labelled is None else {
+            "fraction": config.label_fraction, "seed": config.seed, "labelled": len(labelled),
+            "of": len(train_set) - (0 if val_set is None else len(val_set)),
+            "sha256": hashlib.sha256(labelled.astype("<i8").tobytes()).hexdigest(),
+        },
         "data": {"train": train_set.describe(), "test": test_set.describe()},
     }
 
 
 def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str | None,
-                    val_set: ImageDataset | None, n_train: int) -> str:
+                    val_set: ImageDataset | None, n_train: int, labelled: np.ndarray | None) -> str:
     """The resolved settings, said once before the first epoch: what a default or preset chose is
     otherwise invisible."""
     stones = config.resolved_milestones()
@@ -465,14 +512,21 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
     else:
         selection = (f"best.pt by validation accuracy on {len(val_set)} of {n_train} training images "
                      f"(--val-fraction {config.val_fraction:g}, seed {config.seed}), never trained on")
-    return "\n".join([
+    lines = [
         "settings:",
         f"  schedule   {config.epochs} epochs, lr {config.resolved_lr():g} {decay}{origin}, SGD momentum "
         f"{config.momentum:g}, weight decay {config.weight_decay:g}, batch {config.batch_size}",
         f"  method     {config.method}, preset {preset}",
         f"  hparams    {hparams}",
         f"  selection  {selection}",
-    ])
+    ]
+    if labelled is not None:
+        share = f"{len(labelled)} training images keep their label (--label-fraction {config.label_fraction:g}, seed {config.seed})"
+        lines.append(f"  labels     {share}; " + (
+            "trained on those only (no teacher)" if teacher is None else
+            f"the other {n_train - (0 if val_set is None else len(val_set)) - len(labelled)}: KD terms towards "
+            "the teacher, whose top-1 class stands in for the label, no CE term"))
+    return "\n".join(lines)
 
 
 def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConfig) -> None:
@@ -739,7 +793,8 @@ _SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, 
 
 
 def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, views, epoch_views, reader, teacher,
-                 config, epoch, optimizer, device, rank, world_size) -> tuple[dict[str, float], int]:
+                 config, epoch, optimizer, device, rank, world_size,
+                 has_label: torch.Tensor | None) -> tuple[dict[str, float], int]:
     model.train()
     # Without a hold-out train_samples is arange(N), and the order is the plain epoch permutation.
     order = train_samples[epoch_order(config.seed, epoch, len(train_samples))]
@@ -769,7 +824,11 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
         tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device)
         forwards += len(batch) if teacher is not None else 0
         logits = model(images)
-        losses = loss_fn(logits, tview, target, epoch=epoch, **hparams)
+        if has_label is None:
+            losses = loss_fn(logits, tview, target, epoch=epoch, **hparams)
+        else:
+            losses = _semi_supervised_losses(loss_fn, logits, tview, ~has_label[batch.samples].to(device),
+                                             epoch, hparams)
         loss = sum(losses.values())
         # Scale so that DDP's gradient average over ranks equals the mean over the global batch.
         scale = len(batch) * world_size / len(g)
@@ -791,6 +850,23 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
     stats = {f"train_{k}": v for k, v in _read_means(totals, seen, epoch).items()}
     stats.update(train_acc=100.0 * int(correct_t) / seen, seconds=seconds, samples_per_second=seen * world_size / seconds)
     return stats, forwards
+
+
+def _semi_supervised_losses(loss_fn, logits: torch.Tensor, tview: TeacherView, unlabelled: torch.Tensor,
+                            epoch: int, hparams: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A method's terms on a batch where ``unlabelled`` rows have no label (``--label-fraction``).
+
+    Every KD term sees the teacher's top-1 class in place of a missing label (what DKD, LoCa and
+    RLD read as "the true class"; the teacher view drops the hidden label too). The CE term, the
+    method's ``ce_weight`` times the batch-mean cross-entropy, counts labelled rows only: summed
+    over them and divided by the whole batch, so a labelled sample weighs what it weighs in a run
+    with every label, and an unlabelled one adds nothing to CE.
+    """
+    tview = tview.with_teacher_labels(unlabelled)
+    losses = loss_fn(logits, tview, tview.target, epoch=epoch, **hparams)
+    per_sample = torch.nn.functional.cross_entropy(logits.float(), tview.target, reduction="none")
+    losses["ce"] = hparams[CE_WEIGHT_KEY] * (per_sample * ~unlabelled).sum() / len(per_sample)
+    return losses
 
 
 def _read_means(totals: dict[str, torch.Tensor], seen: int, epoch: int) -> dict[str, float]:
