@@ -17,7 +17,7 @@ import typer
 from logitcache._utils import tool_version
 from logitcache.errors import LogitcacheError
 
-from . import demo, dump, eval, info, ls, methods, models, pack, train, verify
+from . import compare, demo, dump, eval, info, ls, methods, models, pack, report, sweep, train, verify
 
 app = typer.Typer(
     name="logitcache",
@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-for module in (demo, dump, info, verify, ls, pack, train, eval, models, methods):
+for module in (demo, dump, info, verify, ls, pack, train, sweep, compare, report, eval, models, methods):
     module.register(app)
 
 
