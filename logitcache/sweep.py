@@ -301,11 +301,12 @@ def summarize(folders: Sequence[Path]) -> Summary:
         settings["selection"] = summary.get("selection", "test")
         by_key.setdefault(json.dumps(settings, sort_keys=True), []).append((folder, config, summary))
     all_settings = [json.loads(k) for k in by_key]
-    varying = sorted({k for s in all_settings for k in s if any(o.get(k) != s.get(k) for o in all_settings)})
     groups = []
     for key, members in by_key.items():
         settings = json.loads(key)
-        differs = {k: settings.get(k) for k in varying if k != "method"}
+        # A label names the method, and what tells the group from another group of that method.
+        peers = [o for o in all_settings if o["method"] == settings["method"] and o != settings]
+        differs = {k: settings.get(k) for k in sorted(settings) if any(o.get(k) != settings.get(k) for o in peers)}
         label = settings["method"] + "".join(f" {k}={_short(v)}" for k, v in differs.items())
         seeds = [c["seed"] for _, c, _ in members]
         if len(set(seeds)) != len(seeds):
