@@ -10,21 +10,13 @@ import pytest
 
 from logitcache.sweep import SweepConfig, run_sweep
 
-SYNTHETIC = "synthetic:n=64,size=8"
-# Options of every run in these tests: resnet8, two epochs, CPU.
-RUN_ARGS = ("--epochs", "2", "--device", "cpu")
+from experiment_helpers import RUN_ARGS, SYNTHETIC
 
 
 @pytest.fixture(scope="session")
 def experiment_cache(make_cache) -> Path:
     """synthetic:n=64,size=8, every logit in fp32 (clean view + 2 views)."""
     return make_cache(dataset=SYNTHETIC, chunk_samples=16, encoding="full", dtype="fp32")
-
-
-def sweep_argv(cache: Path, out: Path, *extra: str) -> list[str]:
-    """``logitcache sweep`` on the experiment cache with RUN_ARGS, plus ``extra``."""
-    return ["sweep", "--cache", str(cache), "--out", str(out), "--student", "resnet8", "--dataset", SYNTHETIC,
-            *extra, *RUN_ARGS]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from conftest import sweep_argv
+from experiment_helpers import sweep_argv
 
 
 def _summaries(sweep) -> dict[str, dict]:
