@@ -79,8 +79,6 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRes
     """Run the demo into ``config.out``: teacher, cache, sweep, report (see the module docstring)."""
     out = Path(config.out)
     _utils.check_output_location(out, "--out")
-    if config.label_fraction != 1 and len(config.seeds) < 2:
-        raise BadInput("--seeds needs at least two seeds: a mean ± std over one run says nothing")
     if out.exists() and any(out.iterdir()):
         if not config.overwrite:
             raise BadInput(f"{out} already holds files: pass --overwrite to replace a previous demo, or another --out")
