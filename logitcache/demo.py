@@ -40,7 +40,7 @@ class DemoConfig:
     teacher: str = "resnet20"
     student: str = "resnet8"
     teacher_epochs: int = 10
-    student_epochs: int = 12
+    student_epochs: int = 10
     views: int = 2
     methods: tuple[str, ...] = ("ce", "kd", "dkd")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -182,12 +182,13 @@ def _compare(a: Group, b: Group, name: str) -> str:
 
 
 def render_table(rows: list[DemoRow]) -> str:
-    head = (f"{'run':<10} {'teacher':<7} {'labels':>6} {'n':>2} {'best % (mean ± std)':>20} {'last % (mean ± std)':>20} "
+    head = (f"{'run':<10} {'source':<7} {'labels':>6} {'n':>2} {'best % (mean ± std)':>20} {'last % (mean ± std)':>20} "
             f"{'teacher fwd run':>15} {'teacher fwd saved':>17}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.run:<10} {r.source:<7} {r.labels:>6.0%} {r.n:>2} {r.best:>20} {r.last:>20} "
                      f"{r.teacher_forwards_run:>15,} {r.teacher_forwards_saved:>17,}")
-    lines += ["std: sample standard deviation over seeds (ddof = 1). best %: the best epoch's test accuracy, selected on",
-              "the test set (optimistic); last %: the last epoch's. teacher fwd saved: teacher passes the cache spared, summed over seeds."]
+    lines += ["source: where a run's teacher targets came from (labels: none). std: sample standard deviation over seeds",
+              "(ddof = 1). best %: the best epoch's test accuracy, selected on the test set (optimistic); last %: the last",
+              "epoch's. teacher fwd saved: teacher passes the cache spared, summed over seeds."]
     return "\n".join(lines)
