@@ -256,6 +256,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         view_spec = ViewSpec.from_json(reader.spec.views.augmentation)
     else:
         view_spec = dataclasses.replace(train_set.train_view, **config.strong)
+    if labelled is not None and view_spec.mixing:
+        # A mixed view's CE takes its own and its partner's label, either of which may be hidden.
+        raise BadInput("--label-fraction does not combine with mixed views (--mixup/--cutmix, of the cache or "
+                       "given to train): use views without mixing, or drop --label-fraction")
     views = _Views(len(train_set), reader, config)
 
     is_main = rank == 0

@@ -131,3 +131,16 @@ def test_bad_label_fractions_are_refused_in_one_line(value, experiment_cache, ru
                       "--method", "kd", "--device", "cpu", "--out", out, "--label-fraction", value])
     assert result.code == 2 and "--label-fraction" in result.err and "Traceback" not in result.err
     assert not out.exists()
+
+
+def test_mixed_views_are_refused_with_a_label_fraction(run_cli, tmp_path):
+    from logitcache.dump import DumpConfig, dump
+
+    mixed = tmp_path / "mixed.zarr"
+    dump(DumpConfig(teacher="resnet8", dataset=SYNTHETIC, out=str(mixed), random_init=True, views=1, encoding="full",
+                    chunk_samples=16, strong={"mixup": 0.8}, device="cpu", progress=False))
+    out = tmp_path / "run"
+    result = run_cli(["train", "--cache", mixed, "--student", "resnet8", "--dataset", SYNTHETIC, "--method", "kd",
+                      "--device", "cpu", "--epochs", "1", "--out", out, "--label-fraction", "0.5"])
+    assert result.code == 2 and "does not combine with mixed views" in result.err and "Traceback" not in result.err
+    assert not out.exists()
