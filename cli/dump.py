@@ -63,7 +63,9 @@ def dump_command(
     mixup_switch_prob: MixupSwitchProbOpt = 0.5,
     topk: Annotated[int | None, typer.Option(help="Store the top-k logits (+ log-normaliser and true-class logit). Default: all logits up to 32 classes, the top 10 above.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Store all logits (the default up to 32 classes).")] = False,
-    dtype: Annotated[str, typer.Option(help="fp32, fp16 or bf16; top-k also q8 (8-bit gaps, the compact form).")] = "fp16",
+    dtype: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16; top-k also q8 (8-bit gaps, the compact form). [default: fp16]")] = None,
+    sample: Annotated[int | None, typer.Option(help="Store N classes drawn from the teacher's softmax (an unbiased target at top-k's size) instead of logits.")] = None,
+    sample_temperature: Annotated[float | None, typer.Option(help="Temperature of the softmax --sample draws from; KD must train at the same T. [default: 1]")] = None,
     codec: Annotated[str, typer.Option(help="none or blosc-CNAME[-LEVEL[-SHUFFLE]].")] = "blosc-zstd-5",
     checksum: Annotated[bool, typer.Option(help="crc32c checksum on every chunk.")] = True,
     chunk_samples: Annotated[int, typer.Option(help="Samples per chunk.")] = 4096,
@@ -84,12 +86,17 @@ def dump_command(
     """
     if full and topk is not None:
         raise BadInput(f"--full stores every logit and --topk {topk} the top {topk}: pass one of them")
-    encoding = "full" if full else "auto" if topk is None else "topk"
+    if full and sample is not None:
+        raise BadInput("--sample and --full exclude each other: choose one encoding")
+    if sample is None and sample_temperature is not None:
+        raise BadInput("--sample-temperature only applies to --sample N: add --sample, or drop it")
+    encoding = "sampled" if sample is not None else "full" if full else "auto" if topk is None else "topk"
+    sampling = {} if sample is None else {"samples": sample, "sample_temperature": 1.0 if sample_temperature is None else sample_temperature}
     config = DumpConfig(
         teacher=teacher, dataset=dataset, out=out, checkpoint=checkpoint, random_init=random_init,
         data_root=data_root, download=download, split=split, views=views, clean_view=clean_view,
         augmentation=augment, encoding=encoding,
-        strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), topk=topk, dtype=dtype, codec=codec,
+        strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), topk=topk, dtype=dtype, **sampling, codec=codec,
         checksum=checksum, chunk_samples=chunk_samples, shard_chunks=shard_chunks, seed=seed, device=device,
         batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_resolve_shard(shard), finalize_only=finalize,
         progress=not quiet,

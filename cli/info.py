@@ -74,6 +74,9 @@ def render(info: CacheInfo) -> str:
 
 def _stored_as(enc: EncodingInfo) -> str:
     """What the encoding keeps of each (view, sample) pair, in words (docs/format.md has the detail)."""
+    if enc.kind == "sampled":
+        return (f"the distinct classes of {enc.samples} draws from the softmax at T={enc.temperature:g} with their "
+                "counts; lse and the true-class logit in fp32")
     if enc.kind == "full":
         if enc.dtype == "fp32":
             return "every logit, fp32"
@@ -88,6 +91,8 @@ def _stored_as(enc: EncodingInfo) -> str:
 
 
 def _stats_line(label: str, st: ViewStats) -> str:
+    if st.misinstruction_rate is None:
+        return f"{label:<12} mean p(true class) {st.mean_target_prob:.3f}  [{plural(st.samples, 'pair')}]"
     return (
         f"{label:<12} teacher top-1 {100 * (1 - st.misinstruction_rate):.2f}%, mis-instruction "
         f"{100 * st.misinstruction_rate:.2f}%, mean entropy {st.mean_entropy:.3f} nats, ECE {st.ece:.4f}, "

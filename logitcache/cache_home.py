@@ -34,9 +34,7 @@ def cache_home() -> str:
 def store_name(spec: CacheSpec) -> str:
     """The readable, content-addressed name a spec is filed under."""
     dataset = re.sub(r"[^A-Za-z0-9.]+", "-", spec.dataset.name.replace("imagefolder:", "folder-")).strip("-")
-    enc = spec.encoding
-    encoding = f"full-{enc.dtype}" if enc.kind == "full" else f"top{enc.k}-{enc.dtype}"
-    return f"{spec.teacher.name}_{dataset}_{spec.dataset.split}_{spec.views.count}v_{encoding}-{spec.short_id()}.zarr"
+    return f"{spec.teacher.name}_{dataset}_{spec.dataset.split}_{spec.views.count}v_{spec.encoding.slug()}-{spec.short_id()}.zarr"
 
 
 def location_in_home(spec: CacheSpec, home: str | None = None) -> str:

@@ -68,9 +68,11 @@ class DumpConfig:
     augmentation: str | None = None  # None: the dataset's default training augmentation
     # Strong augmentation and mixing on top of it, as ViewSpec's fields of those names (timm's flags).
     strong: dict[str, Any] = field(default_factory=dict)
-    encoding: str = "auto"  # auto, full or topk; auto: full up to AUTO_FULL_MAX_CLASSES classes, else top-k
+    encoding: str = "auto"  # auto, full, topk or sampled; auto: full up to AUTO_FULL_MAX_CLASSES classes, else top-k
     topk: int | None = None  # k of a top-k encoding (auto with a k means top-k); None: DEFAULT_TOPK
-    dtype: str = "fp16"
+    dtype: str | None = None  # None: fp16 for full and top-k; sampled stores only fp32
+    samples: int = 50  # sampled: draws per (view, sample)
+    sample_temperature: float = 1.0  # sampled: temperature of the softmax drawn from
     codec: str = "blosc-zstd-5"
     checksum: bool = True
     chunk_samples: int = 4096
@@ -133,11 +135,18 @@ def resolve_encoding(config: DumpConfig, num_classes: int) -> EncodingInfo:
     if kind == "auto":  # q8 exists only as a top-k encoding
         few = num_classes <= AUTO_FULL_MAX_CLASSES and config.dtype != "q8"
         kind = "full" if config.topk is None and few else "topk"
+    dtype = config.dtype or "fp16"
     if kind == "full":
-        return EncodingInfo(kind="full", dtype=config.dtype)
+        return EncodingInfo(kind="full", dtype=dtype)
     if kind == "topk":
-        return EncodingInfo(kind="topk", dtype=config.dtype, k=DEFAULT_TOPK if config.topk is None else config.topk)
-    raise BadInput(f"unknown encoding {config.encoding!r}: use auto, topk or full")
+        return EncodingInfo(kind="topk", dtype=dtype, k=DEFAULT_TOPK if config.topk is None else config.topk)
+    if kind == "sampled":
+        if config.topk is not None:
+            raise BadInput("--sample and --topk exclude each other: choose one encoding")
+        if config.dtype not in (None, "fp32"):
+            raise BadInput(f"--sample stores class counts and fp32 scalars, there is no --dtype {config.dtype}: drop --dtype")
+        return EncodingInfo(kind="sampled", dtype="fp32", samples=config.samples, temperature=config.sample_temperature)
+    raise BadInput(f"unknown encoding {config.encoding!r}: use auto, topk, full or sampled")
 
 
 def _without_checksum(codec: CodecInfo) -> CodecInfo:
@@ -347,7 +356,7 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
                     logits = teacher(images).float()
                 _check_finite(logits, batch, v)
                 labels = torch.from_numpy(true_labels(dataset, view_spec, batch))
-                parts.append(encoding.encode(logits.cpu(), labels))
+                parts.append(encoding.encode_pairs(logits, labels, batch.seeds))
                 result.teacher_seconds += time.perf_counter() - t0
                 seeds.append(batch.seeds)
                 bar.update(len(batch))

@@ -24,10 +24,11 @@ class ViewStats:
 
     views: list[int]
     samples: int
-    misinstruction_rate: float  # share of (view, sample) pairs whose teacher argmax is not the label
-    mean_entropy: float  # nats; exact for full logits, of the rebuilt distribution for top-k
-    ece: float  # expected calibration error of the top-1 confidence (exact for both encodings)
-    mean_target_prob: float
+    # None for a sampled cache, which stores draws, not the teacher's argmax or its confidence.
+    misinstruction_rate: float | None  # share of (view, sample) pairs whose teacher argmax is not the label
+    mean_entropy: float | None  # nats; exact for full logits, of the rebuilt distribution for top-k
+    ece: float | None  # expected calibration error of the top-1 confidence (exact for full and top-k)
+    mean_target_prob: float  # exact for every encoding
 
 
 @dataclass
@@ -96,6 +97,9 @@ def cache_info(location: str | os.PathLike, *, stats: bool = True, progress: boo
             info.clean = _view_stats(reader, [0], bar)
         info.augmented = _view_stats(reader, list(views.augmented), bar)
     reader.close()
+    if spec.encoding.kind == "sampled":
+        info.notes.append("a sampled cache stores draws, not the teacher's argmax or confidence: only p(true class) "
+                          "is reported (exact)")
     if spec.encoding.kind == "topk":
         info.notes.append("entropy is that of the rebuilt distribution (the rest spread evenly); accuracy, "
                           "mis-instruction and ECE are exact")
@@ -110,16 +114,21 @@ def _view_stats(reader: CacheReader, views: list[int], bar: tqdm) -> ViewStats:
         for s in range(0, n, _BATCH):
             idx = np.arange(s, min(s + _BATCH, n))
             tv = reader.read(np.full(len(idx), v), idx)
+            target_prob += float(tv.target_log_prob.exp().sum())
+            bar.update(len(idx))
+            if tv.kind == "sampled":
+                continue
             log_p = tv.log_probs()
             correct = tv.argmax == tv.target
             wrong += float((~correct).sum())
             entropy += float(-(log_p.exp() * log_p).sum())
-            target_prob += float(tv.target_log_prob.exp().sum())
             # Top-1 confidence is exact for both encodings: exp(z_max - lse).
             confidences.append(log_p.max(dim=1).values.exp())
             corrects.append(correct)
-            bar.update(len(idx))
     count = n * len(views)
+    if not corrects:  # a sampled cache: only the true class's probability is known
+        return ViewStats(views=views, samples=count, misinstruction_rate=None, mean_entropy=None, ece=None,
+                         mean_target_prob=target_prob / count)
     return ViewStats(
         views=views,
         samples=count,

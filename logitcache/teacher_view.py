@@ -12,11 +12,18 @@ not stored, i.e. each gets the logit ``r = lse + log((1 - Σ_S p_c) / (C - |S|))
 logit vector therefore gives, at T = 1, the exact probabilities of the stored classes and of
 the true class, the exact top-1 class and the exact total mass of the rest. At T ≠ 1 the
 stored classes keep their exact ratios to one another, while the rest is approximated (the
-benchmarks in ``bench/`` measure what that costs). Every method consumes ``logits``, so every
-method works from either encoding — but for a top-k view ``logits`` is this rebuild, not the
+benchmarks in ``bench/`` measure what that costs). A method that consumes ``logits`` works from
+full and top-k views alike — but for a top-k view ``logits`` is this rebuild, not the
 teacher's logits: only the stored classes and the true class carry the teacher's values (up to a
 shift for ``q8``, whose top-1 logit decodes as 0), and every other class holds the shared rest
 logit ``r``. Read ``exact`` to tell the two apart.
+
+Sampled views (``from_sampled``) hold N classes drawn with replacement from ``softmax(z / T)``
+as distinct classes and counts, plus ``lse`` and ``z_y``. They do not pretend to have logits:
+:attr:`sampled_probs` (counts / N, an unbiased estimate of the teacher's distribution at the
+sampling temperature) and :attr:`target_log_prob` (exact) are what they offer; ``logits``,
+``argmax`` and what derives from them raise. Methods declare whether they are defined on such a
+target (``register_method(..., sampled=...)``), and training refuses the others up front.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from .errors import BadInput
+
 # log(1 - p) needs p < 1; stored fp16 logits can round the known mass up to or past 1.
 _MAX_KNOWN_LOG_MASS = -1e-6
 
@@ -36,8 +45,9 @@ _MAX_KNOWN_LOG_MASS = -1e-6
 class TeacherView:
     """Teacher information for one batch, keyed by the same (view, sample) pairs as the student.
 
-    Build it with :meth:`from_logits` or :meth:`from_topk`; read it through :attr:`logits`,
-    :meth:`log_probs`, :meth:`probs`, :attr:`argmax` and :attr:`target_log_prob`.
+    Build it with :meth:`from_logits`, :meth:`from_topk` or :meth:`from_sampled`; read it through
+    :attr:`logits`, :meth:`log_probs`, :meth:`probs`, :attr:`argmax` and :attr:`target_log_prob`,
+    or, for a sampled view, :attr:`sampled_probs` and :attr:`target_log_prob`.
     """
 
     target: Tensor  # (B,) int64 labels
@@ -47,6 +57,10 @@ class TeacherView:
     topk_indices: Tensor | None = None  # (B, k) int64
     lse: Tensor | None = None  # (B,) logsumexp over all C logits
     target_logit: Tensor | None = None  # (B,)
+    sample_indices: Tensor | None = None  # (B, slots) int64 distinct drawn classes (0 in empty slots)
+    sample_counts: Tensor | None = None  # (B, slots) int64 draws per class (0 in empty slots)
+    sample_draws: int = 0  # N
+    sample_temperature: float = 0.0  # T of the softmax the draws came from
 
     @classmethod
     def from_logits(cls, logits: Tensor, target: Tensor) -> TeacherView:
@@ -73,6 +87,35 @@ class TeacherView:
             target_logit=target_logit.float(),
         )
 
+    @classmethod
+    def from_sampled(
+        cls,
+        indices: Tensor,
+        counts: Tensor,
+        draws: int,
+        temperature: float,
+        lse: Tensor,
+        target_logit: Tensor,
+        target: Tensor,
+        num_classes: int,
+    ) -> TeacherView:
+        """A view of ``draws`` classes sampled at ``temperature``: (B, slots) classes and counts, the rest (B,)."""
+        return cls(
+            target=target.long(),
+            num_classes=num_classes,
+            lse=lse.float(),
+            target_logit=target_logit.float(),
+            sample_indices=indices.long(),
+            sample_counts=counts.long(),
+            sample_draws=draws,
+            sample_temperature=temperature,
+        )
+
+    @property
+    def kind(self) -> str:
+        """``full``, ``topk`` or ``sampled``: which teacher information the view holds."""
+        return "full" if self.full_logits is not None else "sampled" if self.sample_counts is not None else "topk"
+
     @property
     def exact(self) -> bool:
         """True when every logit is known (full encoding or a live teacher)."""
@@ -83,7 +126,8 @@ class TeacherView:
         """(B,) whether every stored number of each row is finite (a readable store holds no NaN/inf)."""
         if self.full_logits is not None:
             return torch.isfinite(self.full_logits).all(dim=1)
-        return torch.isfinite(self.topk_values).all(dim=1) & torch.isfinite(self.lse) & torch.isfinite(self.target_logit)
+        scalars = torch.isfinite(self.lse) & torch.isfinite(self.target_logit)
+        return scalars if self.topk_values is None else scalars & torch.isfinite(self.topk_values).all(dim=1)
 
     @property
     def batch_size(self) -> int:
@@ -96,6 +140,7 @@ class TeacherView:
         shared rest logit."""
         if self.full_logits is not None:
             return self.full_logits
+        self._no_logits("logits")
         return _rebuild(self)
 
     def log_probs(self, temperature: float = 1.0) -> Tensor:
@@ -111,6 +156,7 @@ class TeacherView:
         """(B,) the teacher's top-1 class; exact for both encodings."""
         if self.full_logits is not None:
             return self.full_logits.argmax(dim=1)
+        self._no_logits("argmax")
         return self.topk_indices[:, 0]
 
     @cached_property
@@ -134,6 +180,21 @@ class TeacherView:
         target_logit = torch.where(rows, self.topk_values[:, 0], self.target_logit)
         return dataclasses.replace(self, target=target, target_logit=target_logit)
 
+    @cached_property
+    def sampled_probs(self) -> Tensor:
+        """(B, C) counts / N: an unbiased estimate of ``softmax(z / T)`` at the sampling temperature."""
+        if self.sample_counts is None:
+            raise BadInput(f"a {self.kind} teacher view has no sampled target: read its logits")
+        dense = torch.zeros(self.batch_size, self.num_classes, dtype=torch.float32, device=self.sample_counts.device)
+        return dense.scatter_add_(1, self.sample_indices, self.sample_counts.float() / self.sample_draws)
+
+    def _no_logits(self, what: str) -> None:
+        if self.sample_counts is not None:
+            raise BadInput(
+                f"a sampled teacher view has no {what}, only {self.sample_draws} draws at T={self.sample_temperature:g}: "
+                "read sampled_probs, or dump the cache with --full or --topk"
+            )
+
     def to(self, device: torch.device | str) -> TeacherView:
         """The same view with every tensor on ``device`` (non-blocking where possible)."""
 
@@ -148,6 +209,10 @@ class TeacherView:
             topk_indices=move(self.topk_indices),
             lse=move(self.lse),
             target_logit=move(self.target_logit),
+            sample_indices=move(self.sample_indices),
+            sample_counts=move(self.sample_counts),
+            sample_draws=self.sample_draws,
+            sample_temperature=self.sample_temperature,
         )
 
 

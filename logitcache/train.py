@@ -260,6 +260,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         # A mixed view's CE takes its own and its partner's label, either of which may be hidden.
         raise BadInput("--label-fraction does not combine with mixed views (--mixup/--cutmix, of the cache or "
                        "given to train): use views without mixing, or drop --label-fraction")
+    if reader is not None and not config.teacher_online and reader.spec.encoding.kind == "sampled":
+        method.check_sampled(hparams, reader.spec.encoding.temperature)  # once, before anything is written
+        if labelled is not None:
+            raise BadInput("--label-fraction labels the hidden samples with the teacher's top-1 class, which a sampled "
+                           "cache does not store: use a --full or --topk cache, or drop --label-fraction")
     views = _Views(len(train_set), reader, config)
 
     is_main = rank == 0

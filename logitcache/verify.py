@@ -29,6 +29,7 @@ from .errors import CacheMismatch
 from .loader import ViewBatch, augmented_batches, true_labels
 from .models import weights_sha256
 from .store.encodings import get_encoding
+from .store.encodings.sampled import SampledEncoding, feasible_counts, tempered_cdf
 from .store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
 from .store.format import EncodingInfo
 from .store.zarr_store import DONE, ZarrStore, flock
@@ -147,10 +148,14 @@ def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarr
         v = views[offset : offset + len(batch)]
         offset += len(batch)
         with torch.inference_mode():
-            fresh = teacher(images).float().cpu()
+            on_device = teacher(images).float()
+        fresh = on_device.cpu()
         y = torch.from_numpy(true_labels(dataset, view_spec, batch))
         cached = encoding.decode(_stored_rows(store, fields, v, batch.samples), y)
-        reasons, err = _compare(cached, fresh, y, spec.encoding)
+        if isinstance(encoding, SampledEncoding):
+            reasons, err = _compare_sampled(cached, on_device, y, batch.seeds, encoding)
+        else:
+            reasons, err = _compare(cached, fresh, y, spec.encoding)
         report.max_abs_error = max([report.max_abs_error, *(e for e in err.tolist() if np.isfinite(e))])
         failed = [j for j, r in enumerate(reasons) if r]
         report.problems += [f"view {int(v[j])} sample {int(batch.samples[j])}: {reasons[j]}" for j in failed[:10]]
@@ -222,6 +227,39 @@ def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingI
         f"stored logits differ from the replayed teacher (max |diff| {e:.3g})"
         for ok, cls, fin_s, fin_f, e in zip(within.tolist(), classes_ok.tolist(), cached.finite.tolist(),
                                              fresh_finite.tolist(), err.tolist())
+    ]
+    return reasons, err
+
+
+def _compare_sampled(cached: TeacherView, fresh: Tensor, labels: Tensor, seeds: np.ndarray,
+                     encoding: SampledEncoding) -> tuple[list[str], Tensor]:
+    """As :func:`_compare` for a sampled pair: ``lse`` and the true-class logit within float noise
+    of the fresh ones, and counts the replayed draws give, except that a draw whose uniform lies
+    within float noise of a CDF boundary may have picked the neighbouring class.
+
+    ``fresh`` stays on the teacher's device, where the dump drew. Logits that move by at most
+    ``noise`` move each log-probability at T by at most 2·noise/T, so each CDF entry (at most 1)
+    by about that much, plus the fp32 rounding of a cumulative sum over C classes.
+    """
+    cpu = fresh.cpu()
+    spread = cpu.max(dim=1, keepdim=True).values - cpu.min(dim=1, keepdim=True).values
+    lse, target = torch.logsumexp(cpu, dim=1, keepdim=True), cpu.gather(1, labels[:, None])
+    errors = torch.cat([(cached.lse[:, None] - lse).abs(), (cached.target_logit[:, None] - target).abs()], dim=1)
+    within = (errors <= torch.cat([_noise(spread, lse), _noise(spread, target)], dim=1)).all(dim=1)
+    temperature = encoding.info.temperature
+    tolerance = 2 * _noise(spread, cpu).max(dim=1, keepdim=True).values / temperature + cpu.shape[1] * 2.0**-24
+    counts = (cached.sampled_probs * encoding.draws).round().long().to(fresh.device)
+    drawn = feasible_counts(tempered_cdf(fresh, temperature), encoding.uniforms(seeds, fresh.device), counts,
+                            tolerance.to(fresh.device)).cpu()
+    err = errors.max(dim=1).values
+    reasons = [
+        "" if ok and same else
+        "stored lse or true-class logit is NaN/inf" if not fin_s else
+        "the replayed teacher gives NaN/inf logits" if not fin_f else
+        "stored draws are not the replayed teacher's" if not same else
+        f"stored lse or true-class logit differs from the replayed teacher (max |diff| {e:.3g})"
+        for ok, same, fin_s, fin_f, e in zip(within.tolist(), drawn.tolist(), cached.finite.tolist(),
+                                             torch.isfinite(cpu).all(dim=1).tolist(), err.tolist())
     ]
     return reasons, err
 

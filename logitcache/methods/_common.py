@@ -74,6 +74,11 @@ def kl_per_sample(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
+def kl_from_probs(p: Tensor, log_q: Tensor) -> Tensor:
+    """(B,) KL(p || q) with ``p`` as probabilities that may be exactly 0 (a sampled target)."""
+    return (torch.special.xlogy(p, p) - p * log_q).sum(dim=1)
+
+
 def temperature_kl(log_p_teacher: Tensor, log_p_student: Tensor, temperature: float) -> Tensor:
     """T² · batchmean KL(p_teacher || p_student): Hinton's gradient-scale-corrected KD term."""
     return temperature**2 * kl_per_sample(log_p_teacher, log_p_student).mean()

@@ -23,6 +23,11 @@ from .._registry import Registry
 from ..errors import BadInput
 
 MethodFn = Callable[..., dict[str, Tensor]]
+# Whether a method is defined on a sampled teacher target (counts / N of draws at a temperature):
+# a fixed reason it never is, or a check of (resolved hyper-parameters, sampling temperature) that
+# returns None when it is and the reason when it is not.
+SampledVerdict = str | Callable[[Mapping[str, Any], float], str | None]
+_UNDECLARED = "it declares no verdict on sampled targets (register_method(..., sampled=...))"
 
 # Preset names with a meaning to resolve_hparams.
 LS_PRESET = "ls"
@@ -56,6 +61,7 @@ class MethodInfo:
             receive ``teacher=None``.
         presets: Named partial hyper-parameter settings (read-only mappings).
         summary: The first line of the function's docstring.
+        sampled: Whether the method is defined on a sampled cache, see ``register_method``.
     """
 
     name: str
@@ -63,6 +69,22 @@ class MethodInfo:
     needs_teacher: bool
     presets: Mapping[str, Mapping[str, Any]]
     summary: str
+    sampled: SampledVerdict = _UNDECLARED
+
+    def refusal_on_sampled(self, hparams: Mapping[str, Any], temperature: float) -> str | None:
+        """None when the method, with these hyper-parameters, is defined on draws sampled at
+        ``temperature``; otherwise the reason it is not."""
+        if not self.needs_teacher:
+            return None
+        if isinstance(self.sampled, str):
+            return self.sampled
+        return self.sampled({**self.defaults(), **hparams}, temperature)
+
+    def check_sampled(self, hparams: Mapping[str, Any], temperature: float) -> None:
+        """Raise :class:`BadInput` with the reason when :meth:`refusal_on_sampled` refuses."""
+        reason = self.refusal_on_sampled(hparams, temperature)
+        if reason is not None:
+            raise BadInput(f"{self.name} is not defined on a sampled cache: {reason}")
 
     def defaults(self) -> dict[str, Any]:
         """The hyper-parameters and their defaults, in signature order."""
@@ -85,6 +107,7 @@ def register_method(
     *,
     needs_teacher: bool = True,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
+    sampled: SampledVerdict = _UNDECLARED,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register a KD method under ``name``.
 
@@ -97,6 +120,10 @@ def register_method(
         name: The name ``get_method`` will accept; registering it twice raises ``ValueError``.
         needs_teacher: False for methods that use no teacher (they receive ``teacher=None``).
         presets: Named partial hyper-parameter settings, see ``resolve_hparams``.
+        sampled: Whether the method is defined on a sampled cache (an unbiased estimate of the
+            teacher's softmax at the sampling temperature, no logits): the reason it never is,
+            or a check ``(hparams, sampling_temperature) -> reason | None``. Training refuses a
+            sampled cache with the reason before its first step.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -128,6 +155,7 @@ def register_method(
                 needs_teacher=needs_teacher,
                 presets=types.MappingProxyType(frozen),
                 summary=doc.splitlines()[0].strip(),
+                sampled=sampled,
             ),
         )
         return fn
@@ -293,6 +321,8 @@ def compute_loss(
     if info.needs_teacher and teacher is None:
         raise BadInput(f"method {name} needs a teacher: pass a cache or a teacher model")
     view = teacher if info.needs_teacher else None
+    if view is not None and view.kind == "sampled":
+        info.check_sampled(hparams, view.sample_temperature)
     return info.fn(student_logits, view, target, epoch=epoch, **hparams)
 
 

@@ -19,7 +19,13 @@ from ._registry import LS_PRESET, register_method
 PRESETS: dict[str, dict[str, object]] = {LS_PRESET: {"logit_stand": True}}
 
 
-@register_method("dist", presets=PRESETS)
+SAMPLED_REFUSAL = (
+    "DIST's Pearson correlations divide by the spread of the teacher's probabilities, so they are not linear in "
+    "them and draws give a biased loss and gradient; use kd, or dump with --full or --topk"
+)
+
+
+@register_method("dist", presets=PRESETS, sampled=SAMPLED_REFUSAL)
 def dist(
     student_logits: Tensor,
     teacher: TeacherView,

@@ -122,7 +122,14 @@ def nckd_per_sample(student_scaled: Tensor, teacher_scaled: Tensor, target: Tens
     return kl_per_sample(log_p_t, log_p_s)
 
 
-@register_method("dkd", presets=PRESETS)
+SAMPLED_REFUSAL = (
+    "DKD splits the teacher's softmax at T into the true class and the renormalised rest, which needs the "
+    "true-class probability at T exactly; a sampled cache has it only at T = 1 (its lse), and the split is not "
+    "implemented for draws: use kd, or dump with --full or --topk"
+)
+
+
+@register_method("dkd", presets=PRESETS, sampled=SAMPLED_REFUSAL)
 def dkd(
     student_logits: Tensor,
     teacher: TeacherView,

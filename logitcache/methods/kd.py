@@ -10,8 +10,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..teacher_view import TeacherView
-from ._common import check_positive, cross_entropy, prepare, standardize, temperature_kl
+from ._common import check_positive, cross_entropy, kl_from_probs, prepare, standardize, temperature_kl
 from ._registry import LS_PRESET, pair_preset_name, register_method
 
 # KD+LS per-pair settings (τ, λ_KD) from logit-standardization-KD's log file names (reference §7).
@@ -47,7 +50,26 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-@register_method("kd", presets=PRESETS)
+def on_sampled(hparams: Mapping[str, Any], sample_temperature: float) -> str | None:
+    """KD's target is linear in the teacher's softmax at T: defined on draws made at that T.
+
+    Draws at another temperature could be re-weighted to T only with every logit (the
+    importance weights need the normaliser at T), and logit standardisation z-scores every
+    logit: both are refused.
+    """
+    if hparams["logit_stand"]:
+        return "logit standardisation z-scores all teacher logits, and the cache holds draws: drop --logit-stand"
+    t = hparams["temperature"]
+    if t != sample_temperature:
+        return (
+            f"KD at T={t:g} needs the teacher's softmax at T={t:g} but the draws were made at "
+            f"T={sample_temperature:g} (re-weighting them needs every logit): pass --set temperature={sample_temperature:g} "
+            f"or dump with --sample-temperature {t:g}"
+        )
+    return None
+
+
+@register_method("kd", presets=PRESETS, sampled=on_sampled)
 def kd(
     student_logits: Tensor,
     teacher: TeacherView,
@@ -70,7 +92,8 @@ def kd(
 
     Args:
         student_logits: (B, C) student logits.
-        teacher: The batch's teacher view (full or top-k rebuild logits).
+        teacher: The batch's teacher view (full or top-k rebuild logits, or a sampled target
+            drawn at T = ``temperature``).
         target: (B,) int64 labels.
         epoch: 1-based epoch; unused (KD has no warm-up).
         ce_weight: Weight of the cross-entropy term (mdistiller/CRD: 0.1).
@@ -82,6 +105,14 @@ def kd(
         ``{"ce": ce_weight·CE, "kd": kd_weight·T²·KL}``.
     """
     check_positive("kd", temperature=temperature)
+    if teacher.kind == "sampled":
+        # counts / N is unbiased for p_t at T and the loss is linear in it: the expected gradient
+        # is the full-logit one. The value is KL(counts/N || p_s) · T², not KL(p_t || p_s) · T²: the
+        # draws' entropy is a student-independent offset (lower in expectation than the teacher's).
+        z_s = student_logits.float()
+        log_p_s = F.log_softmax(z_s / temperature, dim=1)
+        kd_term = temperature**2 * kl_from_probs(teacher.sampled_probs.to(z_s.device), log_p_s).mean()
+        return {"ce": ce_weight * cross_entropy(z_s, target), "kd": kd_weight * kd_term}
     z_s, z_t = prepare(student_logits, teacher.logits)
     ce = cross_entropy(z_s, target)
     if logit_stand:

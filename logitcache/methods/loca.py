@@ -65,7 +65,13 @@ def calibrate_log_probs(log_probs: Tensor, target: Tensor, alpha: float) -> Tens
     return torch.where(wrong, calibrated, log_probs)
 
 
-@register_method("loca", presets=_kd.PRESETS)
+SAMPLED_REFUSAL = (
+    "LoCa rescales the teacher's distribution by its largest probability (its top-1 class), which draws do not "
+    "give exactly; use kd, or dump with --full or --topk"
+)
+
+
+@register_method("loca", presets=_kd.PRESETS, sampled=SAMPLED_REFUSAL)
 def kd_loca(
     student_logits: Tensor,
     teacher: TeacherView,
@@ -113,7 +119,7 @@ def kd_loca(
     return {"ce": ce_weight * ce, "kd": kd_weight * temperature_kl(log_p_t, log_p_s, temperature)}
 
 
-@register_method("dkd+loca", presets=_dkd.PRESETS)
+@register_method("dkd+loca", presets=_dkd.PRESETS, sampled=SAMPLED_REFUSAL)
 def dkd_loca(
     student_logits: Tensor,
     teacher: TeacherView,

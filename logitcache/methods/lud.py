@@ -79,7 +79,13 @@ def _above_median(confidence: Tensor) -> Tensor:
     return (confidence > confidence.median()).float()
 
 
-@register_method("lud")
+SAMPLED_REFUSAL = (
+    "LUD ranks the teacher's logits (Spearman) and correlates Gram matrices of its probabilities, neither of which "
+    "a set of draws estimates without bias; use kd, or dump with --full or --topk"
+)
+
+
+@register_method("lud", sampled=SAMPLED_REFUSAL)
 def lud(
     student_logits: Tensor,
     teacher: TeacherView,

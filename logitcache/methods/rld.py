@@ -37,7 +37,13 @@ def masked_teacher_ge(teacher_logits: Tensor, target: Tensor) -> Tensor:
     return teacher_logits >= teacher_logits.gather(1, target.long()[:, None])
 
 
-@register_method("rld", presets=PRESETS)
+SAMPLED_REFUSAL = (
+    "RLD masks every class whose teacher logit is at least the true class's and splits at the teacher's top-1 "
+    "class: both need every logit, which a sampled cache does not hold; use kd, or dump with --full or --topk"
+)
+
+
+@register_method("rld", presets=PRESETS, sampled=SAMPLED_REFUSAL)
 def rld(
     student_logits: Tensor,
     teacher: TeacherView,

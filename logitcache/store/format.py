@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ FORMAT_VERSION = 2
 ATTR = "logitcache"
 DTYPES = ("fp32", "fp16", "bf16")
 TOPK_DTYPES = DTYPES + ("q8",)
+SAMPLED_DTYPES = ("fp32",)  # the sampled encoding stores counts; its two scalars are fp32
+ENCODING_KINDS = ("full", "topk", "sampled")
+MAX_SAMPLES = 65535  # counts are stored as uint16 at most
 COMPRESSORS = ("blosc", "none")
 BLOSC_CNAMES = ("zstd", "lz4", "lz4hc", "blosclz", "zlib", "snappy")
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
@@ -86,23 +90,54 @@ class ViewsInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class EncodingInfo:
-    """How logits are stored: ``full`` (all C logits) or ``topk`` (k values + scalars)."""
+    """How logits are stored: ``full`` (all C logits), ``topk`` (k values + scalars) or ``sampled``.
+
+    ``sampled`` stores the distinct classes of ``samples`` draws with replacement from the
+    teacher's softmax at ``temperature``, with their counts, plus fp32 scalars (``dtype`` is
+    always ``fp32``); ``samples`` and ``temperature`` are 0 for the other kinds.
+    """
 
     kind: str
     dtype: str
     k: int = 0
+    samples: int = 0
+    temperature: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("full", "topk"), f"unknown encoding {self.kind!r}: use full or topk")
-        allowed = DTYPES if self.kind == "full" else TOPK_DTYPES
+        if isinstance(self.temperature, int) and not isinstance(self.temperature, bool):
+            object.__setattr__(self, "temperature", float(self.temperature))  # 1 and 1.0: one spec, one id
+        _check(self.kind in ENCODING_KINDS, f"unknown encoding {self.kind!r}: use {', '.join(ENCODING_KINDS)}")
+        allowed = {"full": DTYPES, "topk": TOPK_DTYPES, "sampled": SAMPLED_DTYPES}[self.kind]
         _check(self.dtype in allowed, f"encoding {self.kind} stores {', '.join(allowed)}; got {self.dtype!r}")
-        if self.kind == "full":
-            _check(self.k == 0, "a full encoding has no k")
-        else:
+        if self.kind == "topk":
             _check(self.k >= 1, f"top-k needs k >= 1, got {self.k}")
+        else:
+            _check(self.k == 0, f"a {self.kind} encoding has no k")
+        if self.kind == "sampled":
+            _check(1 <= self.samples <= MAX_SAMPLES, f"--sample needs 1 <= N <= {MAX_SAMPLES} draws, got {self.samples}")
+            _check(math.isfinite(self.temperature) and self.temperature > 0,
+                   f"--sample-temperature must be a finite number > 0, got {self.temperature}")
+        else:
+            _check(self.samples == 0 and self.temperature == 0, f"a {self.kind} encoding has no samples or temperature")
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields; ``samples`` and ``temperature`` only for ``sampled``, so that full and top-k
+        specs (and their ids) are what they were before the sampled encoding existed."""
+        d = dataclasses.asdict(self)
+        if self.kind != "sampled":
+            del d["samples"], d["temperature"]
+        return d
 
     def describe(self) -> str:
+        if self.kind == "sampled":
+            return f"sampled {self.samples} draws at T={self.temperature:g}"
         return f"full {self.dtype}" if self.kind == "full" else f"top-{self.k} {self.dtype}"
+
+    def slug(self) -> str:
+        """A short file-name form: ``full-fp16``, ``top10-fp16``, ``sampled50-t1``."""
+        if self.kind == "sampled":
+            return f"sampled{self.samples}-t{self.temperature:g}"
+        return f"full-{self.dtype}" if self.kind == "full" else f"top{self.k}-{self.dtype}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,7 +234,7 @@ class CacheSpec:
         _check(self.batch_size >= 1, "batch_size must be >= 1")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "encoding": self.encoding.to_json()}
 
     @classmethod
     def from_json(cls, d: Any, *, location: str = "the store", older: bool = False) -> CacheSpec:

@@ -76,7 +76,7 @@ def _known_mask(view, labels, num_classes) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- registry
 def test_registry():
-    assert list_encodings() == ["full", "topk"]
+    assert list_encodings() == ["full", "sampled", "topk"]
     with pytest.raises(UnknownName, match="did you mean topk"):
         _ENCODINGS.get("tokp")
 

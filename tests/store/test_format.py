@@ -128,7 +128,7 @@ def test_spec_validation(change, message):
         (lambda: EncodingInfo(kind="full", dtype="q8"), "full stores fp32, fp16, bf16"),
         (lambda: EncodingInfo(kind="full", dtype="fp16", k=3), "no k"),
         (lambda: EncodingInfo(kind="topk", dtype="fp16", k=0), "k >= 1"),
-        (lambda: EncodingInfo(kind="sampled", dtype="fp16"), "unknown encoding"),
+        (lambda: EncodingInfo(kind="sparse", dtype="fp16"), "unknown encoding"),
         (lambda: TeacherInfo(name="x", weights_sha256="abc", num_classes=10), "sha256"),
         (lambda: DatasetInfo(name="x", split="train", num_samples=0, num_classes=10, fingerprint=""), "num_samples"),
         (lambda: ViewsInfo(count=0, clean=True, seed=0, augmentation={}), "--views >= 1"),

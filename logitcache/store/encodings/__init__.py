@@ -8,6 +8,6 @@ nothing about zarr; ``store/zarr_store.py`` stores whatever fields it declares.
 from __future__ import annotations
 
 from ._base import Encoding, Field, get_encoding, list_encodings
-from . import full, topk  # noqa: F401  (registration)
+from . import full, sampled, topk  # noqa: F401  (registration)
 
 __all__ = ["Encoding", "Field", "get_encoding", "list_encodings"]

@@ -25,7 +25,8 @@ class Field:
 
 
 class Encoding:
-    """Base class; subclasses implement ``fields``, ``encode`` and ``decode``."""
+    """Base class; subclasses implement ``fields``, ``decode`` and ``encode`` (or, when the
+    encoding draws from the view seeds, ``encode_pairs``)."""
 
     def __init__(self, info: EncodingInfo, num_classes: int) -> None:
         self.info, self.num_classes = info, num_classes
@@ -36,6 +37,14 @@ class Encoding:
     def encode(self, logits: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
         """(B, C) fp32 logits and (B,) labels -> one (B, *trailing) array per field."""
         raise NotImplementedError
+
+    def encode_pairs(self, logits: Tensor, labels: Tensor, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        """Encode the rows of (view, sample) pairs given their view ``seeds``; ``logits`` on any device.
+
+        What dump and verify call. Deterministic encodings ignore the seeds and encode on the
+        CPU; ``sampled`` draws from them on the logits' device.
+        """
+        return self.encode(logits.float().cpu(), labels)
 
     def decode(self, arrays: Mapping[str, np.ndarray | Tensor], labels: np.ndarray | Tensor) -> TeacherView:
         """Rows of every field (B, ...) and their labels -> a CPU TeacherView."""
