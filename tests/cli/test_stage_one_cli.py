@@ -196,6 +196,14 @@ BAD_INPUTS = {
     "bad shard": (dict(shard="3"), ["cannot read --shard '3'", "I/N"]),
     "zero batch size": (dict(batch_size="0"), ["--batch-size and --chunk-samples must be >= 1"]),
     "bad augmentation": (dict(augment="rotate:30"), ["cannot read augmentation 'rotate:30'"]),
+    "sample and topk": (dict(sample="8"), ["--sample and --topk exclude each other"]),
+    "sample and full": (dict(topk=None, sample="8", full=""), ["--sample and --full exclude each other"]),
+    "zero draws": (dict(topk=None, sample="0"), ["--sample needs 1 <= N <= 65535", "got 0"]),
+    "too many draws": (dict(topk=None, sample="70000"), ["--sample needs 1 <= N <= 65535", "got 70000"]),
+    "zero sample temperature": (dict(topk=None, sample="8", sample_temperature="0"), ["--sample-temperature must be a finite number > 0"]),
+    "nan sample temperature": (dict(topk=None, sample="8", sample_temperature="nan"), ["--sample-temperature must be a finite number > 0", "nan"]),
+    "temperature without sample": (dict(sample_temperature="2"), ["--sample-temperature only applies to --sample N"]),
+    "sample with a dtype": (dict(topk=None, sample="8", dtype="fp16"), ["there is no --dtype fp16", "drop --dtype"]),
 }
 
 

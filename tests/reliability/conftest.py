@@ -27,6 +27,9 @@ SYNTHETIC = "synthetic:n=96,size=8"
 # 96 samples in blocks of 16 over clean + 3 views: 24 blocks of 6 arrays each.
 DUMP_ARGS = ["--teacher", "resnet8", "--dataset", SYNTHETIC, "--random-init", "--views", "3", "--topk", "3",
              "--chunk-samples", "16", "--batch-size", "16", "--device", "cpu", "--quiet"]
+# The same 24 blocks (of 5 data arrays, as top-k's) of 5 classes drawn at T = 2 per pair.
+SAMPLED_DUMP_ARGS = [*DUMP_ARGS[: DUMP_ARGS.index("--topk")], "--sample", "5", "--sample-temperature", "2",
+                     *DUMP_ARGS[DUMP_ARGS.index("--topk") + 2 :]]
 
 
 def _env() -> dict[str, str]:
@@ -123,21 +126,22 @@ def damage(path: Path, how: str) -> None:
 
 @pytest.fixture(scope="session")
 def dump_reference(tmp_path_factory):
-    """``dump_reference(extra_args) -> Path``: an uninterrupted dump of ``DUMP_ARGS + extra_args``
-    through the CLI, made once per argument list. Never modify one."""
+    """``dump_reference(extra_args, base=DUMP_ARGS) -> Path``: an uninterrupted dump of
+    ``base + extra_args`` through the CLI, made once per argument list. Never modify one."""
     from logitcache_cli.main import main
 
     made: dict[tuple, Path] = {}
 
-    def make(extra: tuple = ()) -> Path:
-        if extra not in made:
+    def make(extra: tuple = (), base: tuple = tuple(DUMP_ARGS)) -> Path:
+        key = (*base, *extra)
+        if key not in made:
             out = tmp_path_factory.mktemp("ref") / "ref.zarr"
             try:
-                main(["dump", *DUMP_ARGS, *extra, "--out", str(out)])
+                main(["dump", *key, "--out", str(out)])
             except SystemExit as e:
                 assert e.code in (0, None), e
-            made[extra] = out
-        return made[extra]
+            made[key] = out
+        return made[key]
 
     return make
 
@@ -146,6 +150,12 @@ def dump_reference(tmp_path_factory):
 def dump_args() -> list[str]:
     """The CLI options of the reliability dump (everything but ``--out``): 24 blocks."""
     return list(DUMP_ARGS)
+
+
+@pytest.fixture
+def sampled_dump_args() -> list[str]:
+    """The reliability dump with ``--sample 5 --sample-temperature 2`` instead of ``--topk 3``."""
+    return list(SAMPLED_DUMP_ARGS)
 
 
 @pytest.fixture(name="kill_at")

@@ -20,7 +20,7 @@ import pytest
 from logitcache._utils import plural
 from logitcache.errors import CacheError
 from logitcache.store.reader import CacheReader
-from logitcache.store.zarr_store import DONE, WRITING
+from logitcache.store.zarr_store import DONE, WRITING, ZarrStore
 
 TOTAL = 24  # blocks of the DUMP_ARGS store
 SHARDED = ("--chunk-samples", "8", "--shard-chunks", "2")  # the same 24 blocks, each a shard of 2 chunks
@@ -73,6 +73,23 @@ def test_kill_at_a_point_then_resume(point, layout, run_cli, dump_reference, dum
         assert f"resuming: {done} of {TOTAL} blocks already done" in resumed.out
     assert f"wrote {plural(TOTAL - done, 'block')} (" in resumed.out
     assert_same_store(ref, out)
+
+
+@pytest.mark.parametrize("point", ["mark:13", "block:0", "chunk:40", "finalize"])
+def test_kill_a_sampled_dump_then_resume(point, run_cli, dump_reference, sampled_dump_args, kill_at, check_killed_store,
+                                         assert_same_store, tmp_path):
+    """The draws depend only on the logits and the stored view seeds, so a resumed sampled dump
+    ends byte-identical too."""
+    ref = dump_reference(base=tuple(sampled_dump_args))
+    out = tmp_path / "c.zarr"
+    command = ["dump", *sampled_dump_args, "--out", out]
+    kill_at(point, command)
+    state = check_killed_store(out, ref)
+    assert state is not None and int((state == DONE).sum()) < TOTAL or point == "finalize"
+    resumed = run_cli(command)
+    assert resumed.code == 0, resumed.err
+    assert_same_store(ref, out)
+    assert ZarrStore.open(out).spec.encoding.kind == "sampled"
 
 
 def test_killed_twice_in_a_row(run_cli, dump_reference, dump_args, kill_at, check_killed_store, assert_same_store,
