@@ -22,7 +22,9 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from logitcache.cache_home import store_name
 from logitcache.errors import BadInput
+from logitcache.info import cache_info
 from logitcache.methods import compute_loss
 from logitcache.store.encodings import get_encoding
 from logitcache.store.encodings.sampled import draw_uniforms, feasible_counts, inverse_cdf, tempered_cdf
@@ -239,4 +241,18 @@ def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_s
     assert ZarrStore.open(path).check_chunks() == []
     report = verify(path, samples=10_000, random_init=True, device="cpu")
     assert len(report.problems) == 1
-    assert report.problems[0].startswith("view 2 sample 41: stored draws or scalars differ from the replayed teacher's")
+    assert report.problems[0] == "view 2 sample 41: stored draws are not the replayed teacher's"
+
+
+def test_info_reports_only_what_draws_know(make_cache, run_cli):
+    cache = make_cache(**SYNTHETIC_SAMPLED)
+    info = cache_info(cache, progress=False)
+    store = ZarrStore.open(cache)
+    assert info.augmented.misinstruction_rate is None and info.augmented.ece is None
+    assert info.augmented.mean_entropy is None
+    exact = np.exp(store.read("target_logit")[1:] - store.read("lse")[1:]).mean()
+    assert info.augmented.mean_target_prob == pytest.approx(float(exact), rel=1e-5)
+    assert store_name(store.spec).split("_")[-1].startswith("sampled6-t2-")
+    shown = run_cli(["info", cache])
+    assert shown.code == 0 and "encoding     sampled 6 draws at T=2;" in shown.out
+    assert "augmented    mean p(true class)" in shown.out and "stores draws, not the teacher's argmax" in shown.out
