@@ -126,8 +126,7 @@ class SampledEncoding(Encoding):
         raise TypeError("the sampled encoding draws from the view seeds: call encode_pairs(logits, labels, seeds)")
 
     def encode_pairs(self, logits: Tensor, labels: Tensor, seeds: np.ndarray) -> dict[str, np.ndarray]:
-        cdf = tempered_cdf(logits, self.info.temperature)
-        classes = inverse_cdf(cdf, self.uniforms(seeds, logits.device))
+        classes = inverse_cdf(tempered_cdf(logits, self.info.temperature), self.uniforms(seeds, logits.device))
         indices, counts = count_draws(classes, self.slots)
         fields = {f.name: f.dtype for f in self.fields()}
         cpu = logits.float().cpu()  # the scalars on the CPU, as the other encodings compute them
