@@ -137,7 +137,7 @@ class TeacherView:
     def logits(self) -> Tensor:
         """(B, C) fp32 logits: the teacher's own (``exact``), or for a top-k view the rebuild
         described above: the stored classes' and the true class's logits, every other class the
-        shared rest logit."""
+        shared rest logit. A sampled view has none (it raises)."""
         if self.full_logits is not None:
             return self.full_logits
         self._no_logits("logits")
@@ -153,7 +153,7 @@ class TeacherView:
 
     @cached_property
     def argmax(self) -> Tensor:
-        """(B,) the teacher's top-1 class; exact for both encodings."""
+        """(B,) the teacher's top-1 class; exact for full and top-k views (a sampled view has none)."""
         if self.full_logits is not None:
             return self.full_logits.argmax(dim=1)
         self._no_logits("argmax")
