@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,14 +114,17 @@ def _children(home: str) -> list[str]:
 
 
 def find_cache(*, dataset_name: str, split: str, num_samples: int, num_classes: int, fingerprint: str,
-               teacher: str | None = None, weights_sha256: str | None = None,
-               home: str | None = None) -> tuple[CacheEntry, list[str]]:
+               teacher: str | None = None, weights_sha256: str | None = None, home: str | None = None,
+               unusable: Callable[[CacheSpec], str | None] | None = None) -> tuple[CacheEntry, list[str]]:
     """The newest complete cache for this data (and teacher, and teacher weights), plus notes on
     what else was seen.
 
     Caches of one teacher are interchangeable (the newest wins, ties by name, and the notes say
     which others matched); caches of different teachers (architecture or weights) are not, so
     matches of several teachers are refused rather than picked from.
+
+    ``unusable(spec)`` may name why a cache that matches the data cannot serve this run (e.g. a
+    sampled cache for a method not defined on draws); such a cache is a near miss, not the pick.
 
     Raises:
         CacheNotFound: no cache matches; the message lists every near-miss and why it is one.
@@ -145,6 +149,9 @@ def find_cache(*, dataset_name: str, split: str, num_samples: int, num_classes: 
             why.append("other image content (dataset fingerprint differs)")
         if not e.complete:
             why.append("its dump has not finished")
+        reason = unusable(e.spec) if unusable is not None else None
+        if reason is not None:
+            why.append(reason)
         if why:
             misses.append(f"{Path(e.location).name}: {'; '.join(why)}")
         else:

@@ -238,9 +238,16 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
     test_set = open_dataset(config.dataset, "test", data_root=config.data_root)
 
+    def unusable(spec: CacheSpec) -> str | None:  # a sampled cache this method is not defined on
+        if spec.encoding.kind != "sampled":
+            return None
+        hparams = _resolve_method(config, config.teacher or spec.teacher.name).values
+        refusal = method.refusal_on_sampled(hparams, spec.encoding.temperature)
+        return None if refusal is None else f"sampled, and {config.method} is not defined on a sampled cache here"
+
     out = Path(config.out)
     saved = _resumed_run(out) if config.resume else None
-    sources = _resolve_sources(config, method.needs_teacher, train_set, device, saved, cleanup)
+    sources = _resolve_sources(config, method.needs_teacher, train_set, device, saved, cleanup, unusable)
     if saved is not None:
         _check_resumed_sources(saved, sources, config)
     if sources.line:
@@ -562,10 +569,12 @@ class _Sources:
 
 
 def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageDataset, device: torch.device,
-                     saved: dict | None, cleanup: contextlib.ExitStack) -> _Sources:
+                     saved: dict | None, cleanup: contextlib.ExitStack,
+                     unusable: Callable[[CacheSpec], str | None]) -> _Sources:
     """The cache and teacher a run uses. Weights named by --checkpoint / --random-init-teacher are
     the weights used, or the run is refused: with a cache they must be its teacher's; without one
-    they choose the cache. A resumed run reads the cache its config.json recorded."""
+    they choose the cache, passing over those ``unusable`` names a reason against. A resumed run
+    reads the cache its config.json recorded."""
     weights_given = config.checkpoint is not None or config.random_init_teacher
     if not needs_teacher:
         unused = [name for name, given in (("--teacher-online", config.teacher_online),
@@ -586,7 +595,7 @@ def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageD
             wanted = _weights_named(config, config.teacher, train_set.num_classes)
         entry, notes = find_cache(dataset_name=train_set.name, split="train", num_samples=len(train_set),
                                   num_classes=train_set.num_classes, fingerprint=train_set.fingerprint,
-                                  teacher=config.teacher, weights_sha256=wanted)
+                                  teacher=config.teacher, weights_sha256=wanted, unusable=unusable)
         cache = entry.location
         if config.views is not None:  # _validate could not know a cache would be found
             raise BadInput(f"--views is taken from the cache found ({cache}): drop --views")

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from logitcache.cache_home import store_name
 from logitcache.methods import list_methods
+from logitcache.store.zarr_store import ZarrStore
 
 SYNTHETIC = "synthetic:n=64,size=8"
 SAMPLED = dict(dataset=SYNTHETIC, chunk_samples=16, encoding="sampled", samples=8, sample_temperature=4.0)
@@ -45,3 +47,27 @@ def test_undefined_methods_are_refused_before_anything_is_written(sampled_cache,
 def test_ce_ignores_the_draws(sampled_cache, train_run):
     _, out = train_run("ce", method="ce", cache=sampled_cache)
     assert (out / "summary.json").exists()
+
+
+def test_a_cache_found_in_the_home_is_one_the_method_is_defined_on(sampled_cache, make_cache, copy_store, tmp_path,
+                                                                   monkeypatch, run_cli):
+    """Without --cache, a newer sampled cache is passed over (a near miss, with why) for a method
+    that is not defined on draws, and picked for one that is."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LOGITCACHE_HOME", str(home))
+    sampled = copy_store(sampled_cache, home / store_name(ZarrStore.open(sampled_cache).spec))
+    base = ["--student", "resnet8", "--dataset", SYNTHETIC, "--epochs", "1", "--device", "cpu", "--quiet"]
+
+    kd = run_cli(["train", "--method", "kd", *base, "--out", tmp_path / "kd"])  # drawn at kd's T = 4: usable
+    assert kd.code == 0, kd.err
+    assert f"using cache {sampled}" in kd.out
+    refused = run_cli(["train", "--method", "dkd", *base, "--out", tmp_path / "dkd"])
+    assert refused.code == 2
+    assert f"{sampled.name}: sampled, and dkd is not defined on a sampled cache here" in refused.err
+    assert not (tmp_path / "dkd").exists()
+
+    topk = make_cache(dataset=SYNTHETIC, chunk_samples=16)
+    copy_store(topk, home / store_name(ZarrStore.open(topk).spec))
+    done = run_cli(["train", "--method", "dkd", *base, "--out", tmp_path / "dkd"])
+    assert done.code == 0, done.err
+    assert f"using cache {home / store_name(ZarrStore.open(topk).spec)}" in done.out
