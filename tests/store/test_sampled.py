@@ -34,7 +34,7 @@ from logitcache.teacher_view import TeacherView
 from logitcache.verify import verify
 
 PROPERTY = settings(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SYNTHETIC_SAMPLED = dict(dataset="synthetic:n=64,size=8", encoding="sampled", samples=6, sample_temperature=2.0,
+SYNTHETIC_SAMPLED = dict(dataset="synthetic:n=64,size=8", encoding="sampled", topk=None, samples=6, sample_temperature=2.0,
                          chunk_samples=16)
 
 

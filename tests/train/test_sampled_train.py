@@ -12,7 +12,7 @@ from logitcache.methods import list_methods
 from logitcache.store.zarr_store import ZarrStore
 
 SYNTHETIC = "synthetic:n=64,size=8"
-SAMPLED = dict(dataset=SYNTHETIC, chunk_samples=16, encoding="sampled", samples=8, sample_temperature=4.0)
+SAMPLED = dict(dataset=SYNTHETIC, chunk_samples=16, encoding="sampled", topk=None, samples=8, sample_temperature=4.0)
 
 
 @pytest.fixture(scope="module")
