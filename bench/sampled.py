@@ -150,7 +150,8 @@ def run(ctx: Ctx) -> Section:
         f"{teacher.best_acc:.2f} %); each cache stores the clean view + {views} augmented views of the 1,438 "
         f"training images. Student {STUDENT}, KD (ce 0.1, kd 0.9, T = {TEMPERATURE:g}), {student_epochs} epochs, "
         f"seeds {', '.join(map(str, seeds))}: test accuracy, NLL and ECE (15 bins, %) of the last epoch, mean ± std. "
-        "Raw B/view = the per-view arrays (fields + the 4-byte seed), matched in pairs; on disk = compressed "
+        "Raw B/view = the per-view arrays (fields + the 4-byte seed): k and N are the largest whose bytes fit in "
+        "full fp16's and in top-2's; on disk = compressed "
         "store size / (view, sample) pairs, labels and metadata included. Gradient angles: the student at its "
         f"initialisation (eval-mode BatchNorm), KD term alone, gradient w.r.t. every parameter; 'mean' sums the "
         "mini-batch gradients over every stored view and batch of 64 and compares with full fp16's sum, "
@@ -160,4 +161,4 @@ def run(ctx: Ctx) -> Section:
         "Language-model path (validation perplexity and ECE on shipped text): not measured — logitcache has no "
         "language-model path and ships no text yet.",
     ]
-    return Section(title="7. Sampled vs top-k vs full at equal bytes (digits)", body="\n\n".join(body))
+    return Section(title="8. Sampled vs top-k vs full at equal bytes (digits)", body="\n\n".join(body))
