@@ -316,7 +316,7 @@ _PARTS = {"teacher": TeacherInfo, "dataset": DatasetInfo, "views": ViewsInfo, "e
           "codec": CodecInfo, "layout": Layout}
 # The annotations (strings, under ``from __future__ import annotations``) that JSON values must match.
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,),
+    "int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,),
     "str | None": (str, type(None)), "int | None": (int, type(None)), "float | None": (float, int, type(None)),
 }
 

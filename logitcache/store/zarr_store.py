@@ -477,15 +477,20 @@ class ZarrStore:
 
     def block_problem(self, view: int, block: int, data: Mapping[str, np.ndarray], digest: int) -> str | None:
         """What is wrong with a block's content as read (every ``block_names`` array): a digest that
-        differs from ``digest`` (the stored one), or class indices beyond the class count."""
+        differs from ``digest`` (the stored one), class indices beyond the class count, or draws
+        that do not add up to the sampled encoding's N."""
         if block_digest(view, block, {n: data[n] for n in self.block_names()}) != digest:
             return f"view {view} block {block}: content does not match its digest (a chunk from elsewhere, or never written)"
-        classes, indices = self.spec.dataset.num_classes, data.get("topk_indices")
-        if indices is not None:
-            outside = np.flatnonzero(((indices < 0) | (indices >= classes)).any(axis=-1))
+        classes, first = self.spec.dataset.num_classes, self.spec.layout.block_slice(block, self.spec.dataset.num_samples).start
+        for name in ("topk_indices", "sample_indices"):
+            indices = data.get(name)
+            outside = [] if indices is None else np.flatnonzero(((indices < 0) | (indices >= classes)).any(axis=-1))
             if len(outside):
-                sample = self.spec.layout.block_slice(block, self.spec.dataset.num_samples).start + int(outside[0])
-                return f"view {view} sample {sample}: topk_indices outside 0..{classes - 1}"
+                return f"view {view} sample {first + int(outside[0])}: {name} outside 0..{classes - 1}"
+        counts, draws = data.get("sample_counts"), self.spec.encoding.samples
+        wrong = [] if counts is None else np.flatnonzero(counts.astype(np.int64).sum(axis=-1) != draws)
+        if len(wrong):
+            return f"view {view} sample {first + int(wrong[0])}: sample_counts do not add up to {draws} draws"
         return None
 
     def listed_keys(self) -> set[str]:

@@ -23,12 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logitcache.cache_home import store_name
-from logitcache.errors import BadInput
+from logitcache.errors import BadInput, CacheCorrupt
 from logitcache.info import cache_info
 from logitcache.methods import compute_loss
 from logitcache.store.encodings import get_encoding
 from logitcache.store.encodings.sampled import draw_uniforms, feasible_counts, inverse_cdf, tempered_cdf
 from logitcache.store.format import EncodingInfo
+from logitcache.store.reader import CacheReader
 from logitcache.store.zarr_store import ZarrStore
 from logitcache.teacher_view import TeacherView
 from logitcache.verify import verify
@@ -226,7 +227,7 @@ def test_a_zero_probability_class_is_never_drawn():
     assert set(classes.unique().tolist()) == {0, 2}
 
 
-def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_store, tmp_path):
+def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_store, reseal, tmp_path):
     cache = make_cache(**SYNTHETIC_SAMPLED)
     report = verify(cache, samples=10_000, random_init=True, device="cpu")
     assert report.ok, report.problems
@@ -237,11 +238,35 @@ def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_s
     idx, cnt = group["sample_indices"][2, 41], group["sample_counts"][2, 41]
     unused = sorted(set(range(10)) - set(idx[cnt > 0].tolist()))
     idx[0] = unused[len(unused) // 2]  # slot 0's draws now name a class they did not come from
-    group["sample_indices"][2, 41] = idx  # checksums stay valid
+    group["sample_indices"][2, 41] = idx
+    reseal(path)  # as if the dump had drawn it: only the replay can tell
     assert ZarrStore.open(path).check_chunks() == []
     report = verify(path, samples=10_000, random_init=True, device="cpu")
     assert len(report.problems) == 1
     assert report.problems[0] == "view 2 sample 41: stored draws are not the replayed teacher's"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("sample_indices", 10, "view 1 sample 5: sample_indices outside 0..9"),
+    ("sample_counts", 0, "view 1 sample 5: sample_counts do not add up to 6 draws"),
+])
+def test_impossible_draws_are_refused_even_when_sealed(make_cache, copy_store, reseal, tmp_path, field, value, message):
+    """A class beyond C, or counts that are not N draws, cannot come from any teacher: the block
+    check names the pair in verify and in the reader (before the rows are used), digests or not."""
+    path = copy_store(make_cache(**SYNTHETIC_SAMPLED), tmp_path / "c.zarr")
+    group = zarr.open_group(str(path), mode="r+")
+    row = group[field][1, 5]
+    row[0] = value
+    group[field][1, 5] = row
+    reseal(path)
+    assert any(message in str(p) for p in ZarrStore.open(path).check_chunks())
+    assert any(message in p for p in verify(path, samples=0).problems)
+    reader = CacheReader(path)
+    try:
+        with pytest.raises(CacheCorrupt, match=message):
+            reader.read(np.array([1]), np.array([5]))
+    finally:
+        reader.close()
 
 
 def test_info_reports_only_what_draws_know(make_cache, run_cli):
