@@ -71,3 +71,14 @@ def test_a_cache_found_in_the_home_is_one_the_method_is_defined_on(sampled_cache
     done = run_cli(["train", "--method", "dkd", *base, "--out", tmp_path / "dkd"])
     assert done.code == 0, done.err
     assert f"using cache {home / store_name(ZarrStore.open(topk).spec)}" in done.out
+
+
+def test_label_fraction_is_refused_on_draws(sampled_cache, run_cli, tmp_path):
+    """Hidden labels are replaced by the teacher's top-1 class, which draws do not give."""
+    out = tmp_path / "run"
+    result = run_cli(["train", "--method", "kd", "--set", "temperature=4", "--label-fraction", "0.5", "--cache",
+                      sampled_cache, "--student", "resnet8", "--dataset", SYNTHETIC, "--epochs", "1", "--device", "cpu",
+                      "--quiet", "--out", out])
+    assert result.code == 2, result.out
+    assert result.err.strip().splitlines()[-1].startswith("error: --label-fraction labels the hidden samples")
+    assert not out.exists()
