@@ -391,7 +391,6 @@ def mix_params(
     ``switch_prob`` when both alphas are > 0, λ ~ Beta(alpha, alpha); clean views never are."""
     seeds = np.asarray(seeds, dtype=np.uint32)
     samples = np.asarray(samples, dtype=np.int64)
-    n = len(seeds)
     height, width = hw
     use = ~np.asarray(clean, dtype=bool) & (_u(seeds, 0) < prob) & (num_samples > 1) & bool(mixup or cutmix)
     if mixup and cutmix:

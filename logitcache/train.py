@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _utils
+from ._seeds import _hash
 from .cache_home import describe_cache, find_cache
 from .datasets import ImageDataset, open_dataset
 from .distributed import barrier, local_device, wrap_ddp
@@ -52,14 +53,14 @@ from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches, true_labels
 from .loggers import check_loggers, open_loggers
 from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
+from .methods._common import mixed_target
 from .models import create_model, load_checkpoint, weights_sha256
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
 from .teacher import build_teacher, teacher_weights_sha256
-from .methods._common import mixed_target
 from .teacher_view import TeacherView
-from .views import ViewSpec, _hash, view_seeds
+from .views import ViewSpec, view_seeds
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 VIEW_POLICIES = ("cycle", "random")

@@ -24,7 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._seeds import _hash, _randint, _uniform, view_seeds
+from ._seeds import (
+    _randint,
+    _uniform,
+    view_seeds,  # noqa: F401  (its public home: logitcache.views.view_seeds)
+)
 from .augment import AutoAugment, Mix, mix_params, plan_view, run_plan
 from .errors import BadInput, CacheMismatch
 
