@@ -218,17 +218,24 @@ def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingI
     errors = [(a - b).abs() for a, b, _ in checks]
     within = torch.stack([(e <= tol).all(dim=1) for e, (_, _, tol) in zip(errors, checks)]).all(dim=0)
     err = torch.cat(errors, dim=1).max(dim=1).values
-    fresh_finite = torch.isfinite(fresh).all(dim=1)
-    reasons = [
-        "" if ok and cls else
-        "stored logits are NaN/inf" if not fin_s else
-        "the replayed teacher gives NaN/inf logits" if not fin_f else
-        "stored classes are not the replayed teacher's top-k" if not cls else
-        f"stored logits differ from the replayed teacher (max |diff| {e:.3g})"
-        for ok, cls, fin_s, fin_f, e in zip(within.tolist(), classes_ok.tolist(), cached.finite.tolist(),
-                                             fresh_finite.tolist(), err.tolist())
-    ]
+    reasons = _reasons(within, classes_ok, cached.finite, torch.isfinite(fresh).all(dim=1), err,
+                       stored="stored logits are", differ="stored logits differ",
+                       choice="stored classes are not the replayed teacher's top-k")
     return reasons, err
+
+
+def _reasons(within: Tensor, chosen_ok: Tensor, stored_finite: Tensor, fresh_finite: Tensor, err: Tensor, *,
+             stored: str, differ: str, choice: str) -> list[str]:
+    """Per pair: "" when it matches, else the first thing wrong with it (NaN/inf before differences)."""
+    return [
+        "" if ok and chosen else
+        f"{stored} NaN/inf" if not fin_s else
+        "the replayed teacher gives NaN/inf logits" if not fin_f else
+        choice if not chosen else
+        f"{differ} from the replayed teacher (max |diff| {e:.3g})"
+        for ok, chosen, fin_s, fin_f, e in zip(within.tolist(), chosen_ok.tolist(), stored_finite.tolist(),
+                                               fresh_finite.tolist(), err.tolist())
+    ]
 
 
 def _compare_sampled(cached: TeacherView, fresh: Tensor, labels: Tensor, seeds: np.ndarray,
@@ -252,15 +259,9 @@ def _compare_sampled(cached: TeacherView, fresh: Tensor, labels: Tensor, seeds: 
     drawn = feasible_counts(tempered_cdf(fresh, temperature), encoding.uniforms(seeds, fresh.device), counts,
                             tolerance.to(fresh.device)).cpu()
     err = errors.max(dim=1).values
-    reasons = [
-        "" if ok and same else
-        "stored lse or true-class logit is NaN/inf" if not fin_s else
-        "the replayed teacher gives NaN/inf logits" if not fin_f else
-        "stored draws are not the replayed teacher's" if not same else
-        f"stored lse or true-class logit differs from the replayed teacher (max |diff| {e:.3g})"
-        for ok, same, fin_s, fin_f, e in zip(within.tolist(), drawn.tolist(), cached.finite.tolist(),
-                                             torch.isfinite(cpu).all(dim=1).tolist(), err.tolist())
-    ]
+    reasons = _reasons(within, drawn, cached.finite, torch.isfinite(cpu).all(dim=1), err,
+                       stored="stored lse or true-class logit is", differ="stored lse or true-class logit differs",
+                       choice="stored draws are not the replayed teacher's")
     return reasons, err
 
 
