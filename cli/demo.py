@@ -30,7 +30,7 @@ def demo_command(
 ) -> None:
     """Train a teacher on the shipped digits, dump its logits once, then train students that see
     only a tenth of the labels (ce, kd, dkd × three seeds, from the cache), print mean ± std and what
-    the table supports, and write the report. About three minutes on two CPU cores."""
+    the table supports, and write the report. Under a minute on two idle CPU cores."""
     config = DemoConfig(out=out, teacher_epochs=teacher_epochs, student_epochs=student_epochs, views=views,
                         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                         seeds=parse_int_list("--seeds", seeds), label_fraction=label_fraction, jobs=jobs,
