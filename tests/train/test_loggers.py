@@ -1,12 +1,13 @@
 """``--log tensorboard`` / ``--log wandb`` beside metrics.jsonl: optional, lazily imported, and a
 missing package is one error line naming the extra to install.
 
-TensorBoard is tested for real (its event file read back); wandb is not installed in the test
-environment, so its offline logger is tested against a stub module that records the calls."""
+TensorBoard is tested for real (its event file read back); wandb for real by an offline run (its
+binary run file holds every metric), and its calls against a stub module that records them."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import types
@@ -95,6 +96,22 @@ def test_wandb_logs_offline_into_the_run_folder(tmp_path, run_cli, monkeypatch):
     metrics = read_metrics(out)
     assert stub.logged == [(m["epoch"], {k: v for k, v in m.items() if k != "epoch"}) for m in metrics]
     assert stub.finished == 1
+
+
+def test_a_real_wandb_run_is_written_offline_into_the_run_folder(tmp_path, run_cli, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    done = run_cli(["train", *BASE, "--epochs", "2", "--log", "wandb", "--out", out])
+    assert done.code == 0, done.err
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # offline: nothing was sent anywhere
+    data = run_file.read_bytes()
+    last = read_metrics(out)[-1]
+    for key, value in last.items():  # wandb keeps each history value as JSON text
+        assert key.encode() in data, key
+    top1 = last["test_top1"]  # JSON text from wandb's Go core: 0 where Python writes 0.0
+    assert any(text.encode() in data for text in (json.dumps(top1), f"{top1:g}")), top1
 
 
 @pytest.mark.parametrize(("name", "module"), [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
