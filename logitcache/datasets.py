@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._data import shipped
 from ._registry import Registry
 from .errors import BadInput, DataError
 from .views import Normalize, ViewSpec
@@ -306,11 +307,9 @@ def _read_cifar_batches(cls: type, folder: Path, split: str) -> tuple[np.ndarray
 
 @_DATASETS.decorator("digits")
 def _digits(*, name: str, arg: str, split: str, data_root, download: bool) -> ImageDataset:
-    from importlib.resources import files
-
     if arg:
         raise BadInput("digits takes no argument")
-    with files("logitcache_data").joinpath("digits.npz").open("rb") as f:
+    with shipped("digits.npz").open("rb") as f:
         arrays = np.load(f)
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     grey = torch.from_numpy(images)[:, None]  # (N, 1, 8, 8)
