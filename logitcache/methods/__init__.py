@@ -28,7 +28,7 @@ from ._registry import (
 )
 
 # Importing a module registers its methods; the order here is the order of list_methods().
-from . import ce, kd, dkd, loca, rld, lud, dist  # noqa: F401  isort: skip
+from . import ce, kd, rkl, jsd, dkd, loca, rld, lud, dist  # noqa: F401  isort: skip
 
 __all__ = [
     "AUTO_PRESET",

@@ -28,6 +28,7 @@ MethodFn = Callable[..., dict[str, Tensor]]
 # returns None when it is and the reason when it is not.
 SampledVerdict = str | Callable[[Mapping[str, Any], float], str | None]
 _UNDECLARED = "it declares no verdict on sampled targets (register_method(..., sampled=...))"
+_UNDECLARED_TOKENS = "it declares no verdict on token rows (register_method(..., tokens=...))"
 
 # Preset names with a meaning to resolve_hparams.
 LS_PRESET = "ls"
@@ -51,6 +52,15 @@ class _HParam:
 
 
 @dataclass(frozen=True)
+class OnTokens:
+    """Whether a method is meaningful on token rows (rows = positions of a text, the true class of
+    a row = the next token), and the one-line reason shown by ``logitcache methods``."""
+
+    meaningful: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """A registered KD method.
 
@@ -62,6 +72,7 @@ class MethodInfo:
         presets: Named partial hyper-parameter settings (read-only mappings).
         summary: The first line of the function's docstring.
         sampled: Whether the method is defined on a sampled cache, see ``register_method``.
+        tokens: Whether the method is meaningful on token rows, see ``register_method``.
     """
 
     name: str
@@ -70,6 +81,7 @@ class MethodInfo:
     presets: Mapping[str, Mapping[str, Any]]
     summary: str
     sampled: SampledVerdict = _UNDECLARED
+    tokens: OnTokens | None = None
 
     def refusal_on_sampled(self, hparams: Mapping[str, Any], temperature: float) -> str | None:
         """None when the method, with these hyper-parameters, is defined on draws sampled at
@@ -85,6 +97,19 @@ class MethodInfo:
         reason = self.refusal_on_sampled(hparams, temperature)
         if reason is not None:
             raise BadInput(f"{self.name} is not defined on a sampled cache: {reason}")
+
+    def refusal_on_tokens(self) -> str | None:
+        """None when the method is meaningful on token rows; otherwise the reason it is not."""
+        if self.tokens is None:
+            return _UNDECLARED_TOKENS
+        return None if self.tokens.meaningful else self.tokens.reason
+
+    def check_tokens(self) -> None:
+        """Raise :class:`BadInput` with the reason when the method is not meaningful on token
+        rows: what training on a text dataset calls before it writes anything."""
+        reason = self.refusal_on_tokens()
+        if reason is not None:
+            raise BadInput(f"{self.name} is not meaningful on token rows (a text dataset): {reason}")
 
     def defaults(self) -> dict[str, Any]:
         """The hyper-parameters and their defaults, in signature order."""
@@ -108,6 +133,7 @@ def register_method(
     needs_teacher: bool = True,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
     sampled: SampledVerdict = _UNDECLARED,
+    tokens: OnTokens | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register a KD method under ``name``.
 
@@ -124,6 +150,9 @@ def register_method(
             teacher's softmax at the sampling temperature, no logits): the reason it never is,
             or a check ``(hparams, sampling_temperature) -> reason | None``. Training refuses a
             sampled cache with the reason before its first step.
+        tokens: Whether the method is meaningful on token rows (a causal LM's positions, the true
+            class of a row being the next token), with a one-line reason; training on a text
+            dataset refuses a method that is not, or that declares nothing, with the reason.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -156,6 +185,7 @@ def register_method(
                 presets=types.MappingProxyType(frozen),
                 summary=doc.splitlines()[0].strip(),
                 sampled=sampled,
+                tokens=tokens,
             ),
         )
         return fn

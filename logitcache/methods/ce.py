@@ -6,10 +6,14 @@ from torch import Tensor
 
 from ..teacher_view import TeacherView
 from ._common import cross_entropy
-from ._registry import register_method
+from ._registry import OnTokens, register_method
 
 
-@register_method("ce", needs_teacher=False)
+@register_method(
+    "ce",
+    needs_teacher=False,
+    tokens=OnTokens(True, "next-token cross-entropy: the language-modelling loss itself"),
+)
 def ce(
     student_logits: Tensor,
     teacher: TeacherView | None,

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..teacher_view import TeacherView
 from ._common import check_positive, cross_entropy, pearson, prepare, standardize
-from ._registry import LS_PRESET, register_method
+from ._registry import LS_PRESET, OnTokens, register_method
 
 # No DIST+LS setting is published: the preset only switches the z-score on.
 PRESETS: dict[str, dict[str, object]] = {LS_PRESET: {"logit_stand": True}}
@@ -25,7 +25,12 @@ SAMPLED_REFUSAL = (
 )
 
 
-@register_method("dist", presets=PRESETS, sampled=SAMPLED_REFUSAL)
+@register_method(
+    "dist",
+    presets=PRESETS,
+    sampled=SAMPLED_REFUSAL,
+    tokens=OnTokens(True, "inter: per position over the vocabulary; intra: per token over the batch's positions, neighbours in one text included"),
+)
 def dist(
     student_logits: Tensor,
     teacher: TeacherView,

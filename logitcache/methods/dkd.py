@@ -23,7 +23,7 @@ from ._common import (
     true_class_mask,
     warmup_factor,
 )
-from ._registry import LS_PRESET, pair_preset_name, register_method
+from ._registry import LS_PRESET, OnTokens, pair_preset_name, register_method
 
 # β per CIFAR-100 pair (α = 1, T = 4, warm-up 20, CE 1 everywhere): mdistiller
 # configs/cifar100/dkd/*.yaml, plus the extra pairs of RLD's configs (reference §3).
@@ -129,7 +129,12 @@ SAMPLED_REFUSAL = (
 )
 
 
-@register_method("dkd", presets=PRESETS, sampled=SAMPLED_REFUSAL)
+@register_method(
+    "dkd",
+    presets=PRESETS,
+    sampled=SAMPLED_REFUSAL,
+    tokens=OnTokens(True, "the next token is the true class, so KL = TCKD + (1 - p_y)·NCKD holds at each position (the weights are CIFAR's)"),
+)
 def dkd(
     student_logits: Tensor,
     teacher: TeacherView,

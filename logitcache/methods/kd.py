@@ -15,7 +15,7 @@ from typing import Any
 
 from ..teacher_view import TeacherView
 from ._common import check_positive, cross_entropy, kl_from_probs, prepare, standardize, temperature_kl
-from ._registry import LS_PRESET, pair_preset_name, register_method
+from ._registry import LS_PRESET, OnTokens, pair_preset_name, register_method
 
 # KD+LS per-pair settings (τ, λ_KD) from logit-standardization-KD's log file names (reference §7).
 LS_PAIRS: dict[tuple[str, str], tuple[float, float]] = {
@@ -59,17 +59,32 @@ def on_sampled(hparams: Mapping[str, Any], sample_temperature: float) -> str | N
     """
     if hparams["logit_stand"]:
         return "logit standardisation z-scores all teacher logits, and the cache holds draws: drop --logit-stand"
-    t = hparams["temperature"]
-    if t != sample_temperature:
-        return (
-            f"KD at T={t:g} needs the teacher's softmax at T={t:g} but the draws were made at "
-            f"T={sample_temperature:g} (re-weighting them needs every logit): pass --set temperature={sample_temperature:g} "
-            f"or dump with --sample-temperature {t:g}"
-        )
-    return None
+    return temperature_mismatch("KD", hparams["temperature"], sample_temperature)
 
 
-@register_method("kd", presets=PRESETS, sampled=on_sampled)
+def temperature_mismatch(what: str, t: float, sample_temperature: float) -> str | None:
+    """The refusal of a loss linear in the teacher's softmax at ``t`` on draws made at another T."""
+    if t == sample_temperature:
+        return None
+    return (
+        f"{what} at T={t:g} needs the teacher's softmax at T={t:g} but the draws were made at "
+        f"T={sample_temperature:g} (re-weighting them needs every logit): pass --set temperature={sample_temperature:g} "
+        f"or dump with --sample-temperature {t:g}"
+    )
+
+
+def forward_kl_on_draws(z_s: Tensor, teacher: TeacherView, temperature: float) -> Tensor:
+    """(B,) KL(counts/N || softmax(z_s / T)): forward KL to a sampled target drawn at T."""
+    log_p_s = F.log_softmax(z_s / temperature, dim=1)
+    return kl_from_probs(teacher.sampled_probs.to(z_s.device), log_p_s)
+
+
+@register_method(
+    "kd",
+    presets=PRESETS,
+    sampled=on_sampled,
+    tokens=OnTokens(True, "forward KL to the teacher's next-token distribution at each position (word-level KD, Kim & Rush 2016)"),
+)
 def kd(
     student_logits: Tensor,
     teacher: TeacherView,
@@ -110,8 +125,7 @@ def kd(
         # is the full-logit one. The value is KL(counts/N || p_s) · T², not KL(p_t || p_s) · T²: the
         # draws' entropy is a student-independent offset (lower in expectation than the teacher's).
         z_s = student_logits.float()
-        log_p_s = F.log_softmax(z_s / temperature, dim=1)
-        kd_term = temperature**2 * kl_from_probs(teacher.sampled_probs.to(z_s.device), log_p_s).mean()
+        kd_term = temperature**2 * forward_kl_on_draws(z_s, teacher, temperature).mean()
         return {"ce": ce_weight * cross_entropy(z_s, target), "kd": kd_weight * kd_term}
     z_s, z_t = prepare(student_logits, teacher.logits)
     ce = cross_entropy(z_s, target)

@@ -30,7 +30,7 @@ from ._common import (
     temperature_kl,
     warmup_factor,
 )
-from ._registry import register_method
+from ._registry import OnTokens, register_method
 
 
 def calibrate_log_probs(log_probs: Tensor, target: Tensor, alpha: float) -> Tensor:
@@ -71,7 +71,11 @@ SAMPLED_REFUSAL = (
 )
 
 
-@register_method("loca", presets=_kd.PRESETS, sampled=SAMPLED_REFUSAL)
+# The LoCa paper reports text generation as well; on a text, the true class is the next token.
+ON_TOKENS = OnTokens(True, "the teacher mis-instructs where its top-1 token is not the next token, which LoCa calibrates per position")
+
+
+@register_method("loca", presets=_kd.PRESETS, sampled=SAMPLED_REFUSAL, tokens=ON_TOKENS)
 def kd_loca(
     student_logits: Tensor,
     teacher: TeacherView,
@@ -119,7 +123,7 @@ def kd_loca(
     return {"ce": ce_weight * ce, "kd": kd_weight * temperature_kl(log_p_t, log_p_s, temperature)}
 
 
-@register_method("dkd+loca", presets=_dkd.PRESETS, sampled=SAMPLED_REFUSAL)
+@register_method("dkd+loca", presets=_dkd.PRESETS, sampled=SAMPLED_REFUSAL, tokens=ON_TOKENS)
 def dkd_loca(
     student_logits: Tensor,
     teacher: TeacherView,

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import BadInput
 from ..teacher_view import TeacherView
 from ._common import check_positive, cross_entropy, pearson, prepare
-from ._registry import register_method
+from ._registry import OnTokens, register_method
 
 
 def hard_rank(x: Tensor) -> Tensor:
@@ -85,7 +85,14 @@ SAMPLED_REFUSAL = (
 )
 
 
-@register_method("lud", sampled=SAMPLED_REFUSAL)
+# soft_rank of the class Gram matrix alone is a (V, V, V) tensor.
+TOKENS_REFUSAL = (
+    "its relation matrices cost O(V³ + R³) memory in the vocabulary size V and the positions R of a batch "
+    "(4 GiB at V = 1,024): use kd, rkl or jsd"
+)
+
+
+@register_method("lud", sampled=SAMPLED_REFUSAL, tokens=OnTokens(False, TOKENS_REFUSAL))
 def lud(
     student_logits: Tensor,
     teacher: TeacherView,

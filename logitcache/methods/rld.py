@@ -23,7 +23,7 @@ from ._common import (
     true_class_mask,
     warmup_factor,
 )
-from ._registry import LS_PRESET, register_method
+from ._registry import LS_PRESET, OnTokens, register_method
 
 # RLD's --logit-stand: α, β times --kd-weight (9) and T = ALPHA_T = --base-temp (2); the
 # default scd_temperature=None already ties T_a to T.
@@ -43,7 +43,12 @@ SAMPLED_REFUSAL = (
 )
 
 
-@register_method("rld", presets=PRESETS, sampled=SAMPLED_REFUSAL)
+@register_method(
+    "rld",
+    presets=PRESETS,
+    sampled=SAMPLED_REFUSAL,
+    tokens=OnTokens(True, "its split on the teacher's top-1 token and the next token is defined at each position"),
+)
 def rld(
     student_logits: Tensor,
     teacher: TeacherView,

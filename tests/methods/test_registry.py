@@ -20,7 +20,7 @@ from logitcache.teacher_view import TeacherView
 
 from .cases import logits_pair, make_view
 
-ALL = ["ce", "kd", "dkd", "loca", "dkd+loca", "rld", "lud", "dist"]
+ALL = ["ce", "kd", "rkl", "jsd", "dkd", "loca", "dkd+loca", "rld", "lud", "dist"]
 
 
 def test_every_method_is_registered_in_order():
@@ -137,6 +137,8 @@ def test_epoch_is_one_based():
                 "rank_strength": 0.1,
             },
         ),
+        ("rkl", {"ce_weight": 0.1, "rkl_weight": 0.9, "temperature": 4.0}),
+        ("jsd", {"ce_weight": 0.0, "jsd_weight": 1.0, "beta": 0.5, "temperature": 1.0}),
         ("ce", {}),
     ],
 )
@@ -461,6 +463,8 @@ def test_registration_rejects_duplicates_and_bad_signatures():
         ("loca", {"loca_alpha": 1.0}, r"loca_alpha must lie in \(0, 1\)"),
         ("lud", {"t_min": 5.0, "t_max": 3.0}, "t_max"),
         ("rld", {"scd_temperature": -1.0}, "scd_temperature must be > 0"),
+        ("rkl", {"temperature": 0}, "temperature must be > 0"),
+        ("jsd", {"temperature": -1.0}, "temperature must be > 0"),
     ],
 )
 def test_invalid_values_are_refused_when_used(name, overrides, message):
@@ -479,6 +483,8 @@ def test_loss_terms_are_named_per_method():
     assert keys == {
         "ce": {"ce"},
         "kd": {"ce", "kd"},
+        "rkl": {"ce", "rkl"},
+        "jsd": {"ce", "jsd"},
         "loca": {"ce", "kd"},
         "dkd": {"ce", "tckd", "nckd"},
         "dkd+loca": {"ce", "tckd", "nckd"},

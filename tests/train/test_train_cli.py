@@ -101,6 +101,8 @@ def test_methods_lists_every_method_with_its_defaults(run_cli):
         for key, value in info.defaults().items():
             assert f"{key}={value}" in block, (name, key)
         assert ("presets:" in block) == bool(info.presets)
+        verdict = "refused" if info.refusal_on_tokens() else "yes"
+        assert f"on tokens: {verdict} — {info.tokens.reason}" in block, name
 
 
 @pytest.mark.parametrize("name", list_methods())
