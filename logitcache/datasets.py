@@ -12,6 +12,7 @@ Names: ``cifar10``, ``cifar100`` (``:nocheck`` skips torchvision's MD5 check), `
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
@@ -91,6 +92,13 @@ class ImageDataset:
 
     def _fingerprint_into(self, h: "hashlib._Hash") -> None:
         raise NotImplementedError
+
+    def with_input(self, *, normalize: Normalize, train_view: ViewSpec) -> ImageDataset:
+        """This split, normalised and viewed as a model expects (``models.inputs.ModelInput``);
+        its images, labels and fingerprint are this one's."""
+        fitted = copy.copy(self)
+        fitted.normalize, fitted.train_view = normalize, train_view
+        return fitted
 
     def subset(self, index: np.ndarray) -> ImageDataset:
         """The samples ``index`` of this split, in that order (a validation hold-out)."""

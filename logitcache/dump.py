@@ -27,7 +27,7 @@ from .datasets import ImageDataset, open_dataset
 from .distributed import local_device, torchrun_rank
 from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
 from .loader import ViewBatch, augmented_batches, true_labels
-from .models import weights_sha256
+from .models import ModelInput, fit_to_model, model_input, weights_sha256
 from .store.encodings import get_encoding
 from .store.format import (
     CacheSpec,
@@ -41,7 +41,7 @@ from .store.format import (
 )
 from .store.writer import BlockWriter
 from .store.zarr_store import DONE, WRITING, ZarrStore, _local_path, flock
-from .teacher import build_teacher
+from .teacher import build_teacher, teacher_dataset
 from .views import ViewSpec, view_seeds
 
 AUTO_SHARD_SAMPLES = 262_144  # above this many samples, shard by default: fewer, larger files
@@ -108,8 +108,14 @@ class DumpResult:
 
 
 def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) -> CacheSpec:
-    """The store identity for a config; every check that can fail runs before any write."""
+    """The store identity for a config; every check that can fail runs before any write.
+
+    ``dataset`` is the one the teacher sees (``models.fit_to_model``): its default view and
+    normalisation are the teacher's own input configuration where it has one."""
+    inp = model_input(config.teacher)
     view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
+    if inp is not None and config.augmentation:  # the user's size; the clean view's crop share stays the model's
+        view_spec = inp.view(view_spec, size=view_spec.size)
     view_spec = dataclasses.replace(view_spec, **config.strong)
     encoding = resolve_encoding(config, dataset.num_classes)
     n = len(dataset)
@@ -117,7 +123,8 @@ def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) ->
     if shard_chunks is None:
         shard_chunks = 16 if n > AUTO_SHARD_SAMPLES else 0
     return CacheSpec(
-        teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher), num_classes=_num_outputs(teacher, dataset)),
+        teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher),
+                            num_classes=_num_outputs(teacher, dataset), input=inp.to_json() if inp else {}),
         dataset=DatasetInfo(**dataset.describe()),
         views=ViewsInfo(count=config.views, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json()),
         encoding=encoding,
@@ -154,9 +161,15 @@ def _without_checksum(codec: CodecInfo) -> CodecInfo:
 
 
 def _num_outputs(model: nn.Module, dataset: ImageDataset) -> int:
+    image = dataset.load(0)
     with torch.no_grad():
-        probe = dataset.normalize(dataset.load(0)[None].to(next(model.parameters()).device))
-        logits = model(probe)
+        probe = dataset.normalize(image[None].to(next(model.parameters()).device))
+        try:
+            logits = model(probe)
+        except (RuntimeError, AssertionError, ValueError) as e:  # e.g. a ViT's fixed patch grid
+            reason = " ".join(str(e).split())[:200]
+            raise BadInput(f"teacher cannot run on this dataset's {image.shape[1]}x{image.shape[2]} images ({reason}): "
+                           "choose a teacher for that image size (`logitcache models`), or --augment another size") from None
     if not bool(torch.isfinite(logits).all()):  # e.g. a checkpoint with NaN weights: refuse before any write
         raise DataError(
             "teacher produced NaN/inf logits for sample 0 (unaugmented); nothing was written: "
@@ -182,6 +195,7 @@ def dump(config: DumpConfig) -> DumpResult:
         config.teacher, dataset.num_classes, checkpoint=config.checkpoint, random_init=config.random_init,
         seed=config.seed, device=device,
     )
+    dataset = fit_to_model(dataset, config.teacher)
     spec = build_spec(config, dataset, teacher)
     option = "--out" if config.out is not None else "LOGITCACHE_HOME"
     if config.out is None:  # file it in the cache home under a content-addressed name
@@ -240,7 +254,7 @@ def _check_out(out: str) -> None:
 
 
 # Notes that every shard would repeat: under torchrun only rank 0 prints them.
-_ONCE = ("resuming:", "augmentation:")
+_ONCE = ("resuming:", "augmentation:", "teacher input:")
 
 
 def _open_or_create(config: DumpConfig, spec: CacheSpec, labels: np.ndarray) -> tuple[ZarrStore, list[str]]:
@@ -254,7 +268,10 @@ def _open_or_create(config: DumpConfig, spec: CacheSpec, labels: np.ndarray) -> 
         if store is None:
             provenance = Provenance(tool_version=_utils.tool_version(), created_at=_utils.now())
             store = ZarrStore.create(config.out, spec, provenance, fields)
-            notes.append(f"augmentation: {ViewSpec.from_json(spec.views.augmentation).describe()}")
+            view_spec = ViewSpec.from_json(spec.views.augmentation)
+            notes.append(f"augmentation: {view_spec.describe()}")
+            if spec.teacher.input:
+                notes.append(f"teacher input: {ModelInput.from_json(spec.teacher.input).describe(view_spec)}")
         store.write_labels(labels)
     return store, notes
 
@@ -425,7 +442,7 @@ def finalize(
                                     random_init=random_init, seed=spec.views.seed, device=device)
             if weights_sha256(teacher) != spec.teacher.weights_sha256:
                 raise CacheMismatch(f"the teacher weights given do not match the ones {location} was dumped with: pass the same --checkpoint")
-        acc, count = _test_accuracy(teacher, dataset_name or spec.dataset.name, data_root, device)
+        acc, count = _test_accuracy(teacher, spec, dataset_name or spec.dataset.name, data_root, device)
         store.set_provenance(Provenance(
             **{**store.provenance.to_json(), "complete": True, "finished_at": _utils.now(),
                "teacher_test_accuracy": acc, "teacher_test_samples": count, "device": str(device)}
@@ -435,9 +452,10 @@ def finalize(
     return True
 
 
-def _test_accuracy(teacher: nn.Module, dataset_name: str, data_root: str | None, device: torch.device) -> tuple[float | None, int | None]:
+def _test_accuracy(teacher: nn.Module, spec: CacheSpec, dataset_name: str, data_root: str | None,
+                   device: torch.device) -> tuple[float | None, int | None]:
     try:
-        test = open_dataset(dataset_name, "test", data_root=data_root)
+        test = teacher_dataset(open_dataset(dataset_name, "test", data_root=data_root), spec)
     except DataError:
         return None, None  # e.g. an image folder without val/: accuracy unknown, not an error
     from .evaluate import evaluate_model

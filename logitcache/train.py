@@ -54,13 +54,13 @@ from .loader import ViewBatch, augmented_batches, true_labels
 from .loggers import check_loggers, open_loggers
 from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
 from .methods._common import mixed_target
-from .models import create_model, load_checkpoint, weights_sha256
+from .models import create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
-from .teacher import build_teacher, teacher_weights_sha256
+from .teacher import Renormalize, build_teacher, teacher_weights_sha256
 from .teacher_view import TeacherView
-from .views import ViewSpec, view_seeds
+from .views import Normalize, ViewSpec, view_seeds
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 VIEW_POLICIES = ("cycle", "random")
@@ -237,7 +237,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     device = local_device(_utils.resolve_device(config.device))
     method = get_method(config.method)
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
-    test_set = open_dataset(config.dataset, "test", data_root=config.data_root)
+    data_normalize = train_set.normalize
+    # The student sees its images normalised (and, without a cache, sized) as it expects itself.
+    student_input = model_input(config.student)
+    train_set = fit_to_model(train_set, config.student)
+    test_set = fit_to_model(open_dataset(config.dataset, "test", data_root=config.data_root), config.student)
 
     def unusable(spec: CacheSpec) -> str | None:  # a sampled cache this method is not defined on
         if spec.encoding.kind != "sampled":
@@ -254,6 +258,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     if sources.line:
         echo(sources.line)
     reader, teacher = sources.reader, sources.teacher
+    if teacher is not None:  # the online teacher sees its own normalisation, whatever the student's
+        wanted = _model_normalize(sources.teacher_name, data_normalize)
+        if wanted != train_set.normalize:
+            teacher = Renormalize(teacher, train_set.normalize, wanted)
     resolved = _resolve_method(config, sources.teacher_name)
     hparams = resolved.values
     train_samples, val_set = _holdout(train_set, config)
@@ -305,13 +313,18 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     loggers = []
     if is_main:
         record = {**_config_record(config, hparams, sources, device),
-                  **_settings_record(config, resolved, train_set, test_set, val_set, train_samples, labelled)}
+                  **_settings_record(config, resolved, train_set, test_set, val_set, train_samples, labelled),
+                  "student_input": None if student_input is None else student_input.to_json()}
         _utils.atomic_write_json(out / "config.json", record)
         loggers = open_loggers(config.log, out, record)
         for logger in loggers:  # closed however the run ends
             cleanup.callback(logger.close)
     echo(_settings_block(config, resolved, sources.teacher_name if method.needs_teacher else None, val_set,
                          len(train_set), labelled))
+    for role, name in (("student", config.student), ("teacher", sources.teacher_name if teacher is not None else None)):
+        inp = None if name is None else model_input(name)
+        if inp is not None:
+            echo(f"  input      {role} {name}: {inp.describe(view_spec)}")
 
     wall = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -362,6 +375,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
 
 _STRONG_FROM_CACHE = ("a cache replays its own augmentation (logitcache info shows it): drop --aa, --color-jitter, "
                       "--reprob and --mixup/--cutmix options, or train without the cache")
+
+
+def _model_normalize(model: str, data_normalize: Normalize) -> Normalize:
+    inp = model_input(model)
+    return data_normalize if inp is None else Normalize(inp.mean, inp.std)
 
 
 def _validate(config: TrainConfig) -> None:
@@ -940,7 +958,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, d
     if model_name is None:
         model_name = _run_model(Path(checkpoint))
     dev = _utils.resolve_device(device)
-    data = open_dataset(dataset, split, data_root=data_root)
+    data = fit_to_model(open_dataset(dataset, split, data_root=data_root), model_name)
     warnings = _check_run_data(Path(checkpoint), data)
     model = create_model(model_name, num_classes=data.num_classes)
     load_checkpoint(model, checkpoint)

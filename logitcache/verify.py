@@ -33,7 +33,7 @@ from .store.encodings.sampled import SampledEncoding, feasible_counts, tempered_
 from .store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
 from .store.format import EncodingInfo
 from .store.zarr_store import DONE, ZarrStore, flock
-from .teacher import build_teacher
+from .teacher import build_teacher, teacher_dataset
 from .teacher_view import TeacherView
 from .views import ViewSpec, view_seeds
 
@@ -125,7 +125,7 @@ def verify(
     rng = np.random.default_rng(seed)
     pick = rng.choice(total_views * n, size=min(samples, total_views * n), replace=False)
     views, idx = pick // n, pick % n
-    _replay(store, dataset, teacher, views, idx, dev, batch_size, report)
+    _replay(store, teacher_dataset(dataset, spec), teacher, views, idx, dev, batch_size, report)
     return report
 
 

@@ -1,8 +1,9 @@
 """The model registry, the factory, checkpoint loading and weight hashing.
 
-CIFAR architectures register themselves here by name (see the family files); ``tv:<name>``
-builds any torchvision classification model instead. Checkpoints are read with
-``weights_only=True`` so that loading a teacher can never run code from the file.
+CIFAR architectures register themselves here by name (see the family files); a name
+``PREFIX:NAME`` goes to the model source of that prefix instead (``tv:`` torchvision, ``timm:``
+timm; ``register_source`` adds one). Checkpoints are read with ``weights_only=True`` (or from
+safetensors, which holds only tensors) so that loading a teacher can never run code from the file.
 """
 
 from __future__ import annotations
@@ -13,23 +14,79 @@ import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
-from ..errors import BadInput, CheckpointError
-from .torchvision_models import TV_PREFIX, create_torchvision_model
+from ..errors import BadInput, CheckpointError, UnknownName
+from .inputs import ModelInput
+
+if TYPE_CHECKING:
+    from ..datasets import ImageDataset
 
 ModelFn = Callable[[int], nn.Module]
 
 MODELS: Registry[ModelFn] = Registry("model", "logitcache models")
 
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Models named ``PREFIX:NAME`` that another library builds (torchvision, timm, ...).
+
+    ``create(name, num_classes)`` builds one with random weights, never downloading any;
+    ``input(name)`` is its own input configuration, or None to take the dataset's.
+    """
+
+    prefix: str
+    create: Callable[[str, int], nn.Module]
+    input: Callable[[str], ModelInput | None] = lambda name: None
+
+
+SOURCES: dict[str, ModelSource] = {}
+
+
+def register_source(source: ModelSource) -> ModelSource:
+    """Route names starting with ``source.prefix`` (e.g. ``"timm:"``) to ``source``."""
+    if not source.prefix.endswith(":") or source.prefix in SOURCES:
+        raise ValueError(f"model source prefix {source.prefix!r} must end with ':' and be registered once")
+    SOURCES[source.prefix] = source
+    return source
+
+
+def _split_source(name: str) -> tuple[ModelSource, str] | None:
+    prefix, colon, rest = name.partition(":")
+    if not colon:
+        return None
+    source = SOURCES.get(prefix + colon)
+    if source is None:
+        raise UnknownName(f"unknown model source {prefix + colon!r} in {name!r}: use one of "
+                          f"{', '.join(SOURCES)} or a name `logitcache models` lists")
+    return source, rest
+
+
+def model_input(name: str) -> ModelInput | None:
+    """The input configuration of model ``name`` (timm's pretrained config), or None when it has
+    none of its own and takes the dataset's normalisation and view size."""
+    found = _split_source(name)
+    return None if found is None else found[0].input(found[1])
+
+
+def fit_to_model(dataset: ImageDataset, name: str) -> ImageDataset:
+    """``dataset`` normalised and (for image folders) sized as model ``name`` expects, when it has
+    an input configuration of its own (``model_input``); else ``dataset`` itself."""
+    inp = model_input(name)
+    return dataset if inp is None else inp.fit(dataset)
+
 # Containers that training scripts wrap a state dict in (mdistiller/RepDistiller use "model").
 _NESTED_KEYS = ("model", "state_dict", "net")
-# DataParallel and DistributedDataParallel save every key under this prefix.
-_WRAPPER_PREFIX = "module."
+# (Distributed)DataParallel save every key under "module.", training wrappers (Lightning modules,
+# EMA holders) under "model.": stripped, in this order, when every key has one the model's own lack.
+_WRAPPER_PREFIXES = ("module.", "model.")
 _RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
+_SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
@@ -66,7 +123,8 @@ def create_model(
     """Build a model by name, optionally loading its weights.
 
     Args:
-        name: A registered CIFAR model (see ``list_models``) or ``tv:<torchvision name>``.
+        name: A registered CIFAR model (see ``list_models``) or ``PREFIX:NAME`` of a model source
+            (``tv:resnet18``, ``timm:resnet50.a1_in1k``).
         num_classes: Size of the classifier output.
         checkpoint: A state-dict file to load with ``load_checkpoint``.
 
@@ -74,17 +132,15 @@ def create_model(
         The model, in training mode (``nn.Module``'s default); its ``forward`` returns logits.
 
     Raises:
-        UnknownName: ``name`` is neither registered nor a torchvision classification model.
+        UnknownName: ``name`` is neither registered nor a model of its source.
         BadInput: ``num_classes`` is not a positive integer.
         CheckpointError: the checkpoint cannot be loaded into this model.
     """
     # bool is an int subclass, and True would silently build a 1-class model.
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BadInput(f"num_classes must be a positive integer, got {num_classes!r}")
-    if name.startswith(TV_PREFIX):
-        model = create_torchvision_model(name[len(TV_PREFIX) :], num_classes)
-    else:
-        model = MODELS.get(name)(num_classes)
+    found = _split_source(name)
+    model = MODELS.get(name)(num_classes) if found is None else found[0].create(found[1], num_classes)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
@@ -105,26 +161,30 @@ def count_parameters(model: nn.Module) -> int:
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load a state dict from ``path`` into ``model`` strictly, in place.
 
-    The file may hold the state dict itself or a dict with it under ``"model"``,
-    ``"state_dict"`` or ``"net"``; a ``"module."`` prefix left by (Distributed)DataParallel is
-    removed. Only tensors and plain containers are unpickled (``weights_only=True``).
+    The file is a safetensors file (``.safetensors``, or any name holding one, e.g. a hub
+    ``model.safetensors``) or a ``torch.save`` file (``.pt``, ``.pth``, ``pytorch_model.bin``)
+    holding the state dict itself or a dict with it under ``"model"``, ``"state_dict"`` or
+    ``"net"``; a ``"module."`` or ``"model."`` prefix on every key (left by DataParallel or a
+    training wrapper) is removed when the model's own keys have none. Only tensors and plain
+    containers are unpickled (``weights_only=True``); safetensors holds nothing else.
 
     Args:
         model: The model to fill; it must have exactly the checkpoint's keys and shapes.
         path: The checkpoint file.
 
     Raises:
-        CheckpointError: the file is missing, unreadable, holds arbitrary Python objects or
-            no state dict, or its keys or shapes (e.g. its number of classes) differ from
-            the model's. The message is one line and names the fix.
+        CheckpointError: the file is missing, unreadable (truncated, damaged, or safetensors
+            without the package), holds arbitrary Python objects or no state dict, or its keys
+            or shapes (e.g. its number of classes) differ from the model's. The message is one
+            line and names the fix.
     """
     where = os.fspath(path)
     if os.path.isdir(where):
         raise CheckpointError(f"checkpoint {where} is a directory: pass the file inside it")
     if not os.path.isfile(where):
         raise CheckpointError(f"checkpoint {where} not found: check the path")
-    payload = _read(where)
-    state = _strip_wrapper_prefix(_find_state_dict(payload, where))
+    payload = _read_safetensors(where) if _is_safetensors(where) else _read(where)
+    state = _strip_wrapper_prefixes(_find_state_dict(payload, where), model)
     _check_fits(model, state, where)
     try:
         model.load_state_dict(state, strict=True)
@@ -157,6 +217,36 @@ def weights_sha256(model: nn.Module) -> str:
         digest.update(header.encode())
         digest.update(raw)
     return digest.hexdigest()
+
+
+def _is_safetensors(where: str) -> bool:
+    if where.endswith(_SAFETENSORS_SUFFIX):
+        return True
+    # Its format: an 8-byte little-endian header length, then the JSON header. torch.save files
+    # start with a zip ("PK") or pickle (0x80) signature instead.
+    try:
+        with open(where, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False  # torch.load then names what is wrong with it
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 32
+
+
+def _read_safetensors(where: str) -> dict[str, Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"checkpoint {where} is a safetensors file, which needs the safetensors package: "
+                              "pip install 'logitcache[timm]' (or pip install safetensors)") from None
+    try:
+        return load_file(where, device="cpu")
+    except Exception as err:  # SafetensorError, OSError, ... on truncated or damaged files
+        lines = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {where} is not a readable safetensors file ({reason}): it is truncated or damaged; "
+            "copy or export it again"
+        ) from None
 
 
 def _read(where: str) -> object:
@@ -211,11 +301,17 @@ def _find_state_dict(payload: object, where: str) -> Mapping[str, Tensor]:
     )
 
 
-def _strip_wrapper_prefix(state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    # Strip only when every key has the prefix: a real submodule may be called "module".
-    if not all(k.startswith(_WRAPPER_PREFIX) for k in state):
-        return state
-    cut = len(_WRAPPER_PREFIX)
+def _strip_wrapper_prefixes(state: Mapping[str, Tensor], model: nn.Module) -> Mapping[str, Tensor]:
+    own = model.state_dict().keys()
+    for prefix in _WRAPPER_PREFIXES:
+        # Only when every key has it and the model's own keys do not: a real submodule may be so named.
+        if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            state = _strip(state, prefix)
+    return state
+
+
+def _strip(state: Mapping[str, Tensor], prefix: str) -> Mapping[str, Tensor]:
+    cut = len(prefix)
     stripped: OrderedDict[str, Tensor] = OrderedDict((k[cut:], v) for k, v in state.items())
     # load_state_dict reads module versions from _metadata (BatchNorm uses it to accept
     # checkpoints older than num_batches_tracked), so it has to follow the keys.
@@ -223,9 +319,9 @@ def _strip_wrapper_prefix(state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
     if metadata is not None:
         moved: OrderedDict[str, object] = OrderedDict()
         for key, value in metadata.items():
-            if key == "module":  # the wrapped model's root; the wrapper's own root is dropped
+            if key == prefix[:-1]:  # the wrapped model's root; the wrapper's own root is dropped
                 moved[""] = value
-            elif key.startswith(_WRAPPER_PREFIX):
+            elif key.startswith(prefix):
                 moved[key[cut:]] = value
         stripped._metadata = moved  # type: ignore[attr-defined]
     return stripped

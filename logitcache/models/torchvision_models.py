@@ -12,6 +12,7 @@ import difflib
 from torch import nn
 
 from ..errors import UnknownName
+from ._registry import ModelSource, register_source
 
 TV_PREFIX = "tv:"
 
@@ -61,3 +62,6 @@ def create_torchvision_model(name: str, num_classes: int) -> nn.Module:
         )
     extra = _LOGITS_ONLY_KWARGS.get(name, {})
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+
+
+register_source(ModelSource(TV_PREFIX, create_torchvision_model))

@@ -38,15 +38,28 @@ def _check(cond: bool, message: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class TeacherInfo:
-    """The teacher network: registry name, class count and a hash of its weights."""
+    """The teacher network: registry name, class count and a hash of its weights.
+
+    ``input``: the teacher's own input configuration (``models.ModelInput.to_json``: mean, std,
+    size, crop share, ...; timm's pretrained config) when it has one, which the views were
+    normalised with; empty (and left out of the JSON, so older specs keep their identity) for a
+    teacher that takes the dataset's.
+    """
 
     name: str
     weights_sha256: str
     num_classes: int
+    input: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(len(self.weights_sha256) == 64, "teacher.weights_sha256 must be a sha256 hex digest")
         _check(self.num_classes >= 2, "teacher.num_classes must be >= 2")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not self.input:
+            del d["input"]
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,7 +247,7 @@ class CacheSpec:
         _check(self.batch_size >= 1, "batch_size must be >= 1")
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "encoding": self.encoding.to_json()}
+        return {**dataclasses.asdict(self), "teacher": self.teacher.to_json(), "encoding": self.encoding.to_json()}
 
     @classmethod
     def from_json(cls, d: Any, *, location: str = "the store", older: bool = False) -> CacheSpec:

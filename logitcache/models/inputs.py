@@ -1,0 +1,79 @@
+"""What a model expects of its images: size, centre-crop share and normalisation.
+
+The CIFAR zoo and ``tv:`` models have no such configuration of their own and take the
+dataset's (its ``normalize`` and ``train_view``). A model source that knows its models'
+pretrained configurations (``timm:``) gives a :class:`ModelInput`, which ``fit`` plugs into the
+dataset in the same two places, so that the loaders, the clean view and evaluation use it with
+no second path. A cache records its teacher's in ``TeacherInfo.input``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CacheMismatch
+from ..views import Normalize, ViewSpec
+
+if TYPE_CHECKING:
+    from ..datasets import ImageDataset
+
+# logitcache's resized crops use one resampler: its exact, replayable antialiased bilinear filter.
+REPLAYED_INTERPOLATION = "bilinear"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInput:
+    """A model's own input configuration (e.g. timm's ``pretrained_cfg``).
+
+    ``size``: the side of its square input; ``crop_pct``: the share of the resized image the clean
+    (evaluation) view keeps; ``interpolation``: what the configuration asks for (logitcache
+    resamples with its exact bilinear filter whatever it says); ``origin``: where it came from.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+    crop_pct: float
+    interpolation: str
+    origin: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelInput:
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise CacheMismatch(f"the store's teacher input configuration is malformed ({e}): re-dump it") from None
+
+    def view(self, view: ViewSpec, *, size: int | None = None) -> ViewSpec:
+        """``view`` at this model's input size (or ``size``, the user's) and centre-crop share;
+        resized crops only: a fixed-size dataset's crop keeps its images' own size."""
+        if view.kind != "resized_crop":
+            return view
+        size = self.size if size is None else size
+        return dataclasses.replace(view, size=size, eval_resize=int(round(size / self.crop_pct)))
+
+    def fit(self, dataset: ImageDataset, *, view: ViewSpec | None = None) -> ImageDataset:
+        """``dataset`` with this normalisation and its default view at this input (or ``view``)."""
+        return dataset.with_input(normalize=Normalize(self.mean, self.std),
+                                  train_view=self.view(dataset.train_view) if view is None else view)
+
+    def describe(self, view: ViewSpec) -> str:
+        """One line for the resolved settings: what the images will be, and from where."""
+        fmt = ", ".join
+        if view.kind == "resized_crop":
+            geometry = f"{view.size}x{view.size} (clean view: resize {view.eval_resize}, centre crop)"
+        else:
+            geometry = f"{view.size}x{view.size}, the dataset's own (the config's {self.size} applies to image folders)"
+        resampler = ("" if self.interpolation == REPLAYED_INTERPOLATION else
+                     f", resampled bilinear (the config's {self.interpolation} is not replayed bit for bit)")
+        return (f"{geometry}, mean ({fmt(f'{m:g}' for m in self.mean)}) std ({fmt(f'{s:g}' for s in self.std)})"
+                f"{resampler}, from {self.origin}")
