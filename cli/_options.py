@@ -14,7 +14,7 @@ DataRootOpt = Annotated[
     str | None,
     typer.Option(help="Folder holding the dataset (e.g. the one containing cifar-100-python/). Not needed for digits/synthetic."),
 ]
-CheckpointOpt = Annotated[str | None, typer.Option(help="Teacher weights: a state dict saved with torch.save.")]
+CheckpointOpt = Annotated[str | None, typer.Option(help="Teacher weights: a state dict saved with torch.save (.pt, .pth, pytorch_model.bin) or a .safetensors file; never downloaded.")]
 RandomInitOpt = Annotated[bool, typer.Option(help="Seeded random teacher weights instead of a checkpoint (tests only).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]

@@ -41,7 +41,7 @@ def _resolve_shard(text: str | None) -> tuple[int, int]:
 
 
 def dump_command(
-    teacher: Annotated[str, typer.Option(help="Teacher model name (`logitcache models`) or tv:<torchvision name>.")],
+    teacher: Annotated[str, typer.Option(help="Teacher model name (`logitcache models`), tv:<torchvision name> or timm:<timm name>[.<tag>] (`logitcache models --timm`).")],
     dataset: Annotated[str, typer.Option(help="cifar10, cifar100, digits, imagefolder:<path> or synthetic[:n=..,classes=..].")],
     out: Annotated[str | None, typer.Option(help="Store to write: a path or an fsspec URL (s3://bucket/c.zarr) [default: a content-addressed name in LOGITCACHE_HOME].")] = None,
     checkpoint: CheckpointOpt = None,

@@ -12,7 +12,7 @@ from ._options import DataRootOpt, DeviceOpt
 
 
 def eval_command(
-    checkpoint: Annotated[str, typer.Option(help="State dict (e.g. a run's best.pt).")],
+    checkpoint: Annotated[str, typer.Option(help="State dict (e.g. a run's best.pt) or .safetensors file.")],
     dataset: Annotated[str, typer.Option(help="Dataset to evaluate on.")],
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     model: Annotated[str | None, typer.Option(help="Model name the checkpoint belongs to [default: the one its run folder's config.json names].")] = None,

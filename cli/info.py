@@ -10,6 +10,7 @@ import typer
 
 from logitcache._utils import plural
 from logitcache.info import CacheInfo, ViewStats, cache_info, distinct_views
+from logitcache.models import ModelInput
 from logitcache.store.format import EncodingInfo
 from logitcache.views import ViewSpec
 
@@ -55,6 +56,8 @@ def render(info: CacheInfo) -> str:
         + (f", finished {p['finished_at']}" if p.get("finished_at") else ""),
         f"teacher      {t['name']}  weights sha256 {t['weights_sha256'][:16]}…"
         + (f"  test accuracy {acc:.2f}% ({plural(p['teacher_test_samples'], 'image')})" if acc is not None else ""),
+        *([f"teacher in   {ModelInput.from_json(t['input']).describe(ViewSpec.from_json(v['augmentation']))}"]
+          if t.get("input") else []),
         f"dataset      {d['name']} [{d['split']}]  {plural(d['num_samples'], 'sample')}, {d['num_classes']} classes, "
         f"fingerprint {d['fingerprint'][:16]}…",
         f"views        {v['count']} augmented" + (" + clean view 0" if v["clean"] else "")

@@ -28,7 +28,7 @@ from ._options import (
 
 
 def train_command(
-    student: Annotated[str, typer.Option(help="Student model name (`logitcache models`) or tv:<name>.")],
+    student: Annotated[str, typer.Option(help="Student model name (`logitcache models`), tv:<name> or timm:<name>[.<tag>].")],
     dataset: Annotated[str, typer.Option(help="Dataset the student trains on (must match the cache).")],
     out: Annotated[str, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt, summary.json.")],
     method: Annotated[str, typer.Option(help="KD method (`logitcache methods`); ce trains without a teacher.")] = "kd",
