@@ -28,6 +28,7 @@ from .distributed import local_device, torchrun_rank
 from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
 from .loader import ViewBatch, augmented_batches, true_labels
 from .models import ModelInput, fit_to_model, model_input, weights_sha256
+from .models.inputs import first_logits
 from .store.encodings import get_encoding
 from .store.format import (
     CacheSpec,
@@ -124,7 +125,7 @@ def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) ->
         shard_chunks = 16 if n > AUTO_SHARD_SAMPLES else 0
     return CacheSpec(
         teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher),
-                            num_classes=_num_outputs(teacher, dataset), input=inp.to_json() if inp else {}),
+                            num_classes=_num_outputs(teacher, dataset, view_spec, config.teacher), input=inp.to_json() if inp else {}),
         dataset=DatasetInfo(**dataset.describe()),
         views=ViewsInfo(count=config.views, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json()),
         encoding=encoding,
@@ -160,16 +161,8 @@ def _without_checksum(codec: CodecInfo) -> CodecInfo:
     return CodecInfo(compressor=codec.compressor, cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle, checksum=False)
 
 
-def _num_outputs(model: nn.Module, dataset: ImageDataset) -> int:
-    image = dataset.load(0)
-    with torch.no_grad():
-        probe = dataset.normalize(image[None].to(next(model.parameters()).device))
-        try:
-            logits = model(probe)
-        except (RuntimeError, AssertionError, ValueError) as e:  # e.g. a ViT's fixed patch grid
-            reason = " ".join(str(e).split())[:200]
-            raise BadInput(f"teacher cannot run on this dataset's {image.shape[1]}x{image.shape[2]} images ({reason}): "
-                           "choose a teacher for that image size (`logitcache models`), or --augment another size") from None
+def _num_outputs(model: nn.Module, dataset: ImageDataset, view: ViewSpec, name: str) -> int:
+    logits = first_logits(model, dataset, view, f"teacher {name}")
     if not bool(torch.isfinite(logits).all()):  # e.g. a checkpoint with NaN weights: refuse before any write
         raise DataError(
             "teacher produced NaN/inf logits for sample 0 (unaugmented); nothing was written: "

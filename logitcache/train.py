@@ -55,6 +55,7 @@ from .loggers import check_loggers, open_loggers
 from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
 from .methods._common import mixed_target
 from .models import create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
+from .models.inputs import first_logits
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
@@ -286,6 +287,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     is_main = rank == 0
     torch.manual_seed(config.seed)
     student = create_model(config.student, num_classes=train_set.num_classes).to(device)
+    first_logits(student, train_set, view_spec, f"student {config.student}")  # refused before the run folder
     model = _wrap_distributed(student, device, world_size, config.sync_bn)
     optimizer = torch.optim.SGD(student.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
                                 weight_decay=config.weight_decay)

@@ -13,7 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CacheMismatch
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import BadInput, CacheMismatch
 from ..views import Normalize, ViewSpec
 
 if TYPE_CHECKING:
@@ -77,3 +81,26 @@ class ModelInput:
                      f", resampled bilinear (the config's {self.interpolation} is not replayed bit for bit)")
         return (f"{geometry}, mean ({fmt(f'{m:g}' for m in self.mean)}) std ({fmt(f'{s:g}' for s in self.std)})"
                 f"{resampler}, from {self.origin}")
+
+
+def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: str) -> Tensor:
+    """``model``'s logits (eval mode, no gradients) for the clean view of the first image, exactly as
+    training or the dump will feed it, so that a model that cannot take those images (a ViT's patch
+    grid, a fixed input size) is refused, naming the size, before anything is written."""
+    from ..loader import ViewBatch, augmented_batches
+
+    device = next(model.parameters()).device
+    first = ViewBatch(samples=np.zeros(1, dtype=np.int64), seeds=np.zeros(1, dtype=np.uint32), clean=np.ones(1, dtype=bool))
+    _, images = next(augmented_batches(dataset, view, [first], device=device))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(images)
+    except (RuntimeError, AssertionError, ValueError) as e:  # what a model's own input checks raise
+        reason = " ".join(str(e).split())[:200]
+        size = f"{images.shape[2]}x{images.shape[3]}"
+        raise BadInput(f"{who} cannot run on this dataset's {size} views ({reason}): choose a model that takes "
+                       f"{size} images (`logitcache models`)") from None
+    finally:
+        model.train(was_training)

@@ -171,11 +171,15 @@ def test_a_class_count_other_than_the_datasets_is_refused(tmp_path, run_cli):
 
 def test_a_model_that_cannot_take_the_image_size_is_refused(tmp_path, run_cli):
     line = _refused(run_cli, tmp_path, "timm:test_vit", "--random-init")
-    assert "cannot run on this dataset's 8x8 images" in line
+    assert "teacher timm:test_vit cannot run on this dataset's 8x8 views" in line
+    out = tmp_path / "run"
+    line = _one_line(run_cli([*TRAIN, "--method", "ce", "--student", "timm:test_vit", "--out", out]))
+    assert "student timm:test_vit cannot run on this dataset's 8x8 views" in line and not out.exists()
 
 
 # --------------------------------------------------------------------------- image folders, listing
 def test_an_image_folder_takes_the_models_input_size_and_crop(tmp_path, run_cli):
+    # A ViT with a fixed 160x160 patch grid, on 20x24 images: it must see the views, never the files.
     gen = torch.Generator().manual_seed(0)
     for split, count in (("train", 3), ("val", 2)):
         for cls in ("a", "b"):
@@ -183,12 +187,17 @@ def test_an_image_folder_takes_the_models_input_size_and_crop(tmp_path, run_cli)
             for i in range(count):
                 write_png(torch.randint(0, 256, (3, 20, 24), generator=gen, dtype=torch.uint8),
                           tmp_path / "f" / split / cls / f"{i}.png")
-    teacher = _weights(tmp_path / "t2.safetensors", num_classes=2)
-    out = tmp_path / "folder.zarr"
-    result = run_cli(["dump", "--teacher", TEACHER, "--checkpoint", teacher, "--dataset", f"imagefolder:{tmp_path / 'f'}",
+    vit = "timm:test_vit"
+    teacher = _weights(tmp_path / "t2.safetensors", vit, num_classes=2)
+    out, folder = tmp_path / "folder.zarr", f"imagefolder:{tmp_path / 'f'}"
+    result = run_cli(["dump", "--teacher", vit, "--checkpoint", teacher, "--dataset", folder,
                       "--views", "1", "--device", "cpu", "--workers", "0", "--quiet", "--out", out])
     assert result.code == 0, result
     assert "teacher input: 160x160 (clean view: resize 168, centre crop)" in result.out
+    assert "resampled bilinear (the config's bicubic is not replayed bit for bit)" in result.out
+    trained = run_cli(["train", "--method", "kd", "--cache", out, "--student", vit, "--dataset", folder, "--epochs", "1",
+                       "--batch-size", "6", "--device", "cpu", "--workers", "0", "--quiet", "--out", tmp_path / "run"])
+    assert trained.code == 0, trained
     reader = CacheReader(out)
     try:
         aug = reader.spec.views.augmentation
