@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from logitcache.errors import BadInput
 from logitcache.views import STRONG_FIELDS, ViewSpec
 
 DeviceOpt = Annotated[str, typer.Option(help="auto (GPU if present, else CPU), cpu, cuda or cuda:N.")]
@@ -27,6 +28,21 @@ MixupOpt = Annotated[float, typer.Option(help="Mixup Beta alpha; > 0 mixes each 
 CutmixOpt = Annotated[float, typer.Option(help="CutMix Beta alpha; > 0 pastes a partner's box, drawn from the seed.")]
 MixupProbOpt = Annotated[float, typer.Option(help="Probability that a view is mixed at all (timm's --mixup-prob).")]
 MixupSwitchProbOpt = Annotated[float, typer.Option(help="Probability of CutMix rather than mixup when both are on.")]
+
+
+# The model's input normalisation: the teacher's for dump, the student's for train.
+MeanOpt = Annotated[str | None, typer.Option(help="Normalisation mean of the model's input, R,G,B or one value [default: its own config's (timm:), else the dataset's].")]
+StdOpt = Annotated[str | None, typer.Option(help="Normalisation std of the model's input, R,G,B or one value [default: as --mean].")]
+
+
+def channel_values(text: str | None, option: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` as numbers (ModelInput checks how many and their range), None if not given."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"cannot read {option} {text!r}: use one number or three, comma-separated, e.g. 0.485,0.456,0.406") from None
 
 
 def strong_augmentation(aa: str | None, color_jitter: float, reprob: float, mixup: float, cutmix: float,

@@ -18,11 +18,14 @@ from ._options import (
     CutmixOpt,
     DataRootOpt,
     DeviceOpt,
+    MeanOpt,
     MixupOpt,
     MixupProbOpt,
     MixupSwitchProbOpt,
     QuietOpt,
     ReprobOpt,
+    StdOpt,
+    channel_values,
     strong_augmentation,
 )
 
@@ -62,6 +65,8 @@ def train_command(
     mixup_prob: MixupProbOpt = 1.0,
     mixup_switch_prob: MixupSwitchProbOpt = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the student's initialisation and the sample order.")] = 0,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     sync_bn: Annotated[bool, typer.Option(help="Under torchrun: BatchNorm statistics over the global batch, so N processes train what one process would; --no-sync-bn normalises each process's share (plain DDP, faster, most on CPUs).")] = True,
@@ -89,6 +94,7 @@ def train_command(
         weight_decay=weight_decay, milestones=stones, lr_decay=lr_decay, val_fraction=val_fraction,
         label_fraction=label_fraction,
         view_policy=view_policy, views=views, view_seed=view_seed,
+        mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
         strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), seed=seed, device=device, workers=workers,
         sync_bn=sync_bn, resume=resume, progress=not quiet, log=tuple(log or ()),
     )

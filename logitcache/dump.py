@@ -27,7 +27,7 @@ from .datasets import ImageDataset, open_dataset
 from .distributed import local_device, torchrun_rank
 from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
 from .loader import ViewBatch, augmented_batches, true_labels
-from .models import ModelInput, fit_to_model, model_input, weights_sha256
+from .models import ModelInput, fit_to_model, weights_sha256
 from .models.inputs import first_logits
 from .store.encodings import get_encoding
 from .store.format import (
@@ -67,6 +67,9 @@ class DumpConfig:
     views: int = 8
     clean_view: bool = True
     augmentation: str | None = None  # None: the dataset's default training augmentation
+    # The teacher's normalisation (1 or 3 values each); None: its own config's (timm) or the dataset's.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     # Strong augmentation and mixing on top of it, as ViewSpec's fields of those names (timm's flags).
     strong: dict[str, Any] = field(default_factory=dict)
     encoding: str = "auto"  # auto, full, topk or sampled; auto: full up to AUTO_FULL_MAX_CLASSES classes, else top-k
@@ -108,12 +111,11 @@ class DumpResult:
         return self.samples_written / self.seconds if self.seconds else 0.0
 
 
-def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module) -> CacheSpec:
+def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, inp: ModelInput | None) -> CacheSpec:
     """The store identity for a config; every check that can fail runs before any write.
 
-    ``dataset`` is the one the teacher sees (``models.fit_to_model``): its default view and
-    normalisation are the teacher's own input configuration where it has one."""
-    inp = model_input(config.teacher)
+    ``dataset`` is the one the teacher sees, fitted to its input configuration ``inp`` where it has
+    one (``models.fit_to_model``): its default view and normalisation are then the teacher's."""
     view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
     if inp is not None and config.augmentation:  # the user's size; the clean view's crop share stays the model's
         view_spec = inp.view(view_spec, size=view_spec.size)
@@ -188,8 +190,8 @@ def dump(config: DumpConfig) -> DumpResult:
         config.teacher, dataset.num_classes, checkpoint=config.checkpoint, random_init=config.random_init,
         seed=config.seed, device=device,
     )
-    dataset = fit_to_model(dataset, config.teacher)
-    spec = build_spec(config, dataset, teacher)
+    dataset, inp = fit_to_model(dataset, config.teacher, mean=config.mean, std=config.std)
+    spec = build_spec(config, dataset, teacher, inp)
     option = "--out" if config.out is not None else "LOGITCACHE_HOME"
     if config.out is None:  # file it in the cache home under a content-addressed name
         config = dataclasses.replace(config, out=location_in_home(spec))

@@ -54,7 +54,7 @@ from .loader import ViewBatch, augmented_batches, true_labels
 from .loggers import check_loggers, open_loggers
 from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
 from .methods._common import mixed_target
-from .models import create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
+from .models import ModelInput, create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
 from .models.inputs import first_logits
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
@@ -105,6 +105,9 @@ class TrainConfig:
     view_policy: str = "cycle"
     views: int | None = None  # without a cache: augmented views to derive (None: one per epoch)
     view_seed: int = 0  # without a cache: the seed views are derived from, as a dump would
+    # The student's normalisation (1 or 3 values each); None: its own config's (timm) or the dataset's.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     # Without a cache: strong augmentation and mixing on the dataset's views (ViewSpec fields, as dump's).
     strong: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -240,9 +243,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
     data_normalize = train_set.normalize
     # The student sees its images normalised (and, without a cache, sized) as it expects itself.
-    student_input = model_input(config.student)
-    train_set = fit_to_model(train_set, config.student)
-    test_set = fit_to_model(open_dataset(config.dataset, "test", data_root=config.data_root), config.student)
+    train_set, student_input = fit_to_model(train_set, config.student, mean=config.mean, std=config.std)
+    test_set, _ = fit_to_model(open_dataset(config.dataset, "test", data_root=config.data_root), config.student,
+                               mean=config.mean, std=config.std)
 
     def unusable(spec: CacheSpec) -> str | None:  # a sampled cache this method is not defined on
         if spec.encoding.kind != "sampled":
@@ -323,8 +326,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
             cleanup.callback(logger.close)
     echo(_settings_block(config, resolved, sources.teacher_name if method.needs_teacher else None, val_set,
                          len(train_set), labelled))
-    for role, name in (("student", config.student), ("teacher", sources.teacher_name if teacher is not None else None)):
-        inp = None if name is None else model_input(name)
+    teacher_input = model_input(sources.teacher_name) if teacher is not None else None
+    for role, name, inp in (("student", config.student, student_input), ("teacher", sources.teacher_name, teacher_input)):
         if inp is not None:
             echo(f"  input      {role} {name}: {inp.describe(view_spec)}")
 
@@ -960,12 +963,22 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, d
     if model_name is None:
         model_name = _run_model(Path(checkpoint))
     dev = _utils.resolve_device(device)
-    data = fit_to_model(open_dataset(dataset, split, data_root=data_root), model_name)
+    data = _as_trained(open_dataset(dataset, split, data_root=data_root), model_name, Path(checkpoint))
     warnings = _check_run_data(Path(checkpoint), data)
     model = create_model(model_name, num_classes=data.num_classes)
     load_checkpoint(model, checkpoint)
     return Evaluation(model=model_name, dataset=data.name, split=split, images=len(data), num_classes=data.num_classes,
                       metrics=evaluate_model(model.to(dev), data, device=dev), warnings=warnings)
+
+
+def _as_trained(data: ImageDataset, model_name: str, checkpoint: Path) -> ImageDataset:
+    """``data`` fed as the checkpoint's run fed its student (its recorded input, --mean/--std
+    included), or as ``model_name`` expects outside a run folder of that model."""
+    saved = _saved_run(checkpoint.parent) or {}
+    recorded = saved.get("student_input")
+    if isinstance(recorded, dict) and saved["config"].get("student") == model_name:
+        return ModelInput.from_json(recorded).fit(data)
+    return fit_to_model(data, model_name)[0]
 
 
 def _check_run_data(checkpoint: Path, data: ImageDataset) -> list[str]:

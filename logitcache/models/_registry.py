@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 ModelFn = Callable[[int], nn.Module]
 
 MODELS: Registry[ModelFn] = Registry("model", "logitcache models")
+
+# Containers that training scripts wrap a state dict in (mdistiller/RepDistiller use "model").
+_NESTED_KEYS = ("model", "state_dict", "net")
+# (Distributed)DataParallel save every key under "module.", training wrappers (Lightning modules,
+# EMA holders) under "model.": stripped, in this order, when every key has one the model's own lack.
+_WRAPPER_PREFIXES = ("module.", "model.")
+_RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
+_SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -74,19 +82,16 @@ def model_input(name: str) -> ModelInput | None:
     return None if found is None else found[0].input(found[1])
 
 
-def fit_to_model(dataset: ImageDataset, name: str) -> ImageDataset:
-    """``dataset`` normalised and (for image folders) sized as model ``name`` expects, when it has
-    an input configuration of its own (``model_input``); else ``dataset`` itself."""
+def fit_to_model(dataset: ImageDataset, name: str, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> tuple[ImageDataset, ModelInput | None]:
+    """``dataset`` normalised and (for image folders) sized as model ``name`` is fed, and the input
+    configuration that says how: the model's own (``model_input``), with the user's ``mean``/``std``
+    in place of its normalisation (or of the dataset's, for a model without one). ``(dataset,
+    None)`` when the dataset is used as it is."""
     inp = model_input(name)
-    return dataset if inp is None else inp.fit(dataset)
-
-# Containers that training scripts wrap a state dict in (mdistiller/RepDistiller use "model").
-_NESTED_KEYS = ("model", "state_dict", "net")
-# (Distributed)DataParallel save every key under "module.", training wrappers (Lightning modules,
-# EMA holders) under "model.": stripped, in this order, when every key has one the model's own lack.
-_WRAPPER_PREFIXES = ("module.", "model.")
-_RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
-_SAFETENSORS_SUFFIX = ".safetensors"
+    if mean is not None or std is not None:
+        inp = (inp or ModelInput.of_dataset(dataset)).normalised(mean, std)
+    return (dataset, None) if inp is None else (inp.fit(dataset), inp)
 
 
 def register_model(name: str) -> Callable[[ModelFn], ModelFn]:

@@ -10,6 +10,8 @@ no second path. A cache records its teacher's in ``TeacherInfo.input``.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +46,24 @@ class ModelInput:
     origin: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "mean", _channels(self.mean, "--mean"))
+        object.__setattr__(self, "std", _channels(self.std, "--std"))
+        if not all(s > 0 for s in self.std):
+            raise BadInput(f"--std values must be > 0, got {', '.join(f'{s:g}' for s in self.std)}")
+
+    @classmethod
+    def of_dataset(cls, dataset: ImageDataset) -> ModelInput:
+        """The dataset's own normalisation and default view, as a model input configuration."""
+        view = dataset.train_view
+        crop_pct = view.size / view.eval_resize if view.kind == "resized_crop" else 1.0
+        return cls(mean=dataset.normalize.mean, std=dataset.normalize.std, size=view.size, crop_pct=crop_pct,
+                   interpolation=REPLAYED_INTERPOLATION, origin=f"dataset {dataset.name}")
+
+    def normalised(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> ModelInput:
+        """This configuration with the user's ``mean`` and/or ``std`` (``--mean``/``--std``) instead of its own."""
+        given = " and ".join(o for o, v in (("--mean", mean), ("--std", std)) if v is not None)
+        return dataclasses.replace(self, mean=self.mean if mean is None else mean, std=self.std if std is None else std,
+                                   origin=f"{self.origin}, normalisation from {given}")
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -76,11 +94,25 @@ class ModelInput:
         if view.kind == "resized_crop":
             geometry = f"{view.size}x{view.size} (clean view: resize {view.eval_resize}, centre crop)"
         else:
-            geometry = f"{view.size}x{view.size}, the dataset's own (the config's {self.size} applies to image folders)"
+            geometry = f"{view.size}x{view.size}, the dataset's own" + (
+                f" (the config's {self.size} applies to image folders)" if self.size != view.size else "")
         resampler = ("" if self.interpolation == REPLAYED_INTERPOLATION else
                      f", resampled bilinear (the config's {self.interpolation} is not replayed bit for bit)")
         return (f"{geometry}, mean ({fmt(f'{m:g}' for m in self.mean)}) std ({fmt(f'{s:g}' for s in self.std)})"
                 f"{resampler}, from {self.origin}")
+
+
+def _channels(values: Sequence[float], option: str) -> tuple[float, ...]:
+    """1 value (for every channel) or 3, finite."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) == 1:
+        out *= 3
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise BadInput(f"{option} takes one number or three (R,G,B), e.g. 0.485,0.456,0.406; got {values!r}")
+    return out
 
 
 def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: str) -> Tensor:

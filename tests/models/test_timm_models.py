@@ -76,11 +76,11 @@ def test_input_config_comes_from_the_pretrained_config():
 
 def test_fit_changes_normalisation_and_folder_view_size_but_not_the_data(tmp_path):
     digits = open_dataset("digits")
-    fitted = fit_to_model(digits, TINY)
+    fitted, inp = fit_to_model(digits, TINY)
+    assert inp == model_input(TINY)
     assert (fitted.normalize.mean, fitted.normalize.std) == ((0.5,) * 3, (0.5,) * 3)
     assert fitted.train_view == digits.train_view  # a fixed-size dataset keeps its images' size
     assert fitted.fingerprint == digits.fingerprint and digits.normalize.mean != fitted.normalize.mean
-    inp = model_input(TINY)
     assert inp.view(open_dataset("synthetic:n=4,size=8").train_view).size == 8  # a crop keeps its size
     resized = inp.view(ViewSpec(kind="resized_crop", size=224))
     assert (resized.size, resized.eval_resize) == (160, round(160 / 0.95))

@@ -213,3 +213,47 @@ def test_models_lists_timm_offline(run_cli):
     tags = run_cli(["models", "--timm", "test_resnet.*"])
     assert tags.code == 0 and "timm:test_resnet.r160_in1k" in tags.out
     assert "no timm model matches" in _one_line(run_cli(["models", "--timm", "zzz*"]))
+
+
+# --------------------------------------------------------------------------- --mean / --std
+def test_mean_and_std_override_the_teachers_normalisation_and_verify_replays_them(tmp_path, run_cli):
+    zoo = ["--teacher", "resnet8", "--random-init", "--views", "1", "--chunk-samples", "96"]
+    out = tmp_path / "c.zarr"
+    result = run_cli([*DUMP[:3], *zoo, "--device", "cpu", "--workers", "0", "--quiet", "--out", out,
+                      "--mean", "0.4", "--std", "0.2,0.3,0.4"])
+    assert result.code == 0 and "normalisation from --mean and --std" in result.out, result
+    reader = CacheReader(out)
+    try:
+        assert (reader.spec.teacher.input["mean"], reader.spec.teacher.input["std"]) == ([0.4] * 3, [0.2, 0.3, 0.4])
+    finally:
+        reader.close()
+    assert run_cli(["verify", out, "--random-init", "--device", "cpu"]).code == 0
+    # Without them a zoo teacher records no input: the spec (and the id) of such stores is what it was.
+    plain = tmp_path / "plain.zarr"
+    assert run_cli([*DUMP[:3], *zoo, "--device", "cpu", "--workers", "0", "--quiet", "--out", plain]).code == 0
+    spec = json.loads((plain / "zarr.json").read_text())["attributes"]["logitcache"]["spec"]
+    assert "input" not in spec["teacher"]
+
+
+def test_a_students_mean_is_recorded_and_eval_feeds_it_the_same(tmp_path, run_cli):
+    out = tmp_path / "run"
+    result = run_cli([*TRAIN, "--method", "ce", "--student", TEACHER, "--mean", "0.1", "--out", out])
+    assert result.code == 0, result
+    record = json.loads((out / "config.json").read_text())
+    assert record["student_input"]["mean"] == [0.1] * 3
+    summary = json.loads((out / "summary.json").read_text())
+    evaluated = run_cli(["eval", "--checkpoint", out / "best.pt", "--dataset", SYNTHETIC, "--device", "cpu"])
+    assert evaluated.code == 0 and f"top-1 {summary['last_acc']:.2f}%" in evaluated.out, (evaluated, summary)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--std", "0", "--std values must be > 0"),
+    ("--mean", "1,2", "--mean takes one number or three"),
+    ("--mean", "a", "cannot read --mean 'a'"),
+    ("--std", "nan", "--std takes one number or three"),
+])
+def test_bad_mean_or_std_is_one_line_and_writes_nothing(tmp_path, run_cli, option, value, expected):
+    assert expected in _refused(run_cli, tmp_path, TEACHER, "--random-init", option, value)
+    out = tmp_path / "run"
+    line = _one_line(run_cli([*TRAIN, "--method", "ce", "--student", "resnet8", option, value, "--out", out]))
+    assert expected in line and not out.exists()
