@@ -127,7 +127,8 @@ def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, in
         shard_chunks = 16 if n > AUTO_SHARD_SAMPLES else 0
     return CacheSpec(
         teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher),
-                            num_classes=_num_outputs(teacher, dataset, view_spec, config.teacher), input=inp.to_json() if inp else {}),
+                            num_classes=_num_outputs(teacher, dataset, view_spec, config.teacher),
+                            input=inp.to_json() if inp else {}),
         dataset=DatasetInfo(**dataset.describe()),
         views=ViewsInfo(count=config.views, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json()),
         encoding=encoding,
