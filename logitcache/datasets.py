@@ -19,6 +19,7 @@ import pickle
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,7 +28,10 @@ from torch import Tensor
 from ._data import shipped
 from ._registry import Registry
 from .errors import BadInput, DataError
-from .views import Normalize, ViewSpec
+from .views import Normalize, ViewSpec, pil_to_tensor
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 SPLITS = ("train", "test")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -77,6 +81,10 @@ class ImageDataset:
     def load(self, i: int) -> Tensor:
         """One (C, H, W) uint8 image, any size."""
         return self.images(np.asarray([i]))[0]
+
+    def open_image(self, i: int) -> Image:
+        """Image i decoded as an RGB Pillow image (datasets not in memory: the loader resamples it)."""
+        raise NotImplementedError
 
     def image_size(self, i: int) -> tuple[int, int]:
         """(H, W) of image i before augmentation."""
@@ -137,16 +145,22 @@ class FolderDataset(ImageDataset):
         self.files, self.root, self.classes = files, root, classes
 
     def load(self, i: int) -> Tensor:
-        # Pillow, as torchvision's ImageFolder uses: torchvision.io's decoders are deprecated.
+        return pil_to_tensor(self.open_image(i))
+
+    def open_image(self, i: int) -> Image:
+        # Pillow, as torchvision's ImageFolder uses (torchvision.io's decoders are deprecated); the
+        # views resample this image itself, so the whole image never becomes a tensor.
         from PIL import Image
 
         path = self.root / self.files[i]
         try:
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                if img.mode == "RGB":
+                    img.load()  # convert() would copy the decoded pixels once more
+                    return img
+                return img.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
-        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
     def _fingerprint_into(self, h: "hashlib._Hash") -> None:
         # A listing fingerprint (names, classes, byte sizes): hashing every image's bytes of a
@@ -170,6 +184,9 @@ class SubsetDataset(ImageDataset):
 
     def load(self, i: int) -> Tensor:
         return self.parent.load(int(self.index[i]))
+
+    def open_image(self, i: int) -> Image:
+        return self.parent.open_image(int(self.index[i]))
 
     def _fingerprint_into(self, h: "hashlib._Hash") -> None:
         h.update(self.parent.fingerprint.encode())

@@ -4,7 +4,8 @@ Both stages use this, so the teacher at dump time and the student at train time 
 pixels: the images of a batch are gathered by sample index, each view's parameters come from
 its stored seed, and the ops run on uint8 tensors (see ``views.py``). In-memory datasets are
 indexed and augmented on the device in the calling thread; folders are decoded, cropped and
-resized in DataLoader workers and only flipped and normalised on the device.
+resized (by Pillow, from the decoded image itself) in DataLoader workers and only flipped and
+normalised on the device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 from .datasets import ImageDataset
 from .errors import LogitcacheError
 from .augment import Mix, mix_images
-from .views import FLIP, ViewSpec
+from .views import ViewSpec
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def true_labels(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch) -> np.n
 
 
 class _FolderBatches(torch.utils.data.Dataset):
-    """Map-style dataset over batches: item j is the uint8 geometry of batch j, cropped on the CPU."""
+    """Map-style dataset over batches: item j is batch j's uint8 views (B, C, size, size), made on the CPU."""
 
     def __init__(self, dataset: ImageDataset, spec: ViewSpec, batches: list[ViewBatch]) -> None:
         self.dataset, self.spec, self.batches = dataset, spec, batches
@@ -53,34 +54,29 @@ class _FolderBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, j: int) -> tuple[Tensor, Tensor] | LogitcacheError:
+    def __getitem__(self, j: int) -> Tensor | LogitcacheError:
         try:
             return self._load(j)
         except LogitcacheError as e:  # handed back, so that the main process raises it as it is, in
             return e  # one line: DataLoader would re-raise it with the worker's traceback in its message
 
-    def _view(self, i: int, seed: int, clean: bool, flips: list[int]) -> Tensor:
-        image = self.dataset.load(i)
-        params = self.spec.params(np.asarray([seed]), image.shape[1:], clean=clean)
-        # Per-sample ops and mixing come after the flip, so with them it stays here; else it is
-        # applied batched, on the device.
-        if not (self.spec.per_sample or self.spec.mixing):
-            flips.append(int(params[0, FLIP]))
-            params[0, FLIP] = 0
-        else:
-            flips.append(0)
-        return self.spec.apply_one(image, params[0])
+    def _views(self, samples: np.ndarray, seeds: np.ndarray, clean: np.ndarray) -> Tensor:
+        images = [self.dataset.open_image(int(i)) for i in samples]
+        # One vectorised call for the batch: per image, the parameters' numpy overhead would cost
+        # more than the image's resampling.
+        params = self.spec.params(seeds, np.array([(im.height, im.width) for im in images]).reshape(-1, 2), clean)
+        return torch.stack([self.spec.apply_one(im, p) for im, p in zip(images, params)])
 
-    def _load(self, j: int) -> tuple[Tensor, Tensor]:
+    def _load(self, j: int) -> Tensor:
         batch = self.batches[j]
-        flips: list[int] = []
-        images = torch.stack([self._view(int(i), int(s), bool(c), flips) for i, s, c in zip(batch.samples, batch.seeds, batch.clean)])
+        images = self._views(batch.samples, batch.seeds, batch.clean)
         if self.spec.mixing:
             mix = batch.mix(self.spec, len(self.dataset))
             rows = np.flatnonzero(mix.mixed)
-            partners = [self._view(int(mix.partner[r]), int(mix.partner_seed[r]), False, []) for r in rows]
-            images = mix_images(images, partners, mix, rows)
-        return images, torch.tensor(flips)
+            if len(rows):
+                partners = self._views(mix.partner[rows], mix.partner_seed[rows], np.zeros(len(rows), dtype=bool))
+                images = mix_images(images, partners, mix, rows)
+        return images
 
 
 def augmented_batches(
@@ -92,6 +88,7 @@ def augmented_batches(
     workers: int = 0,
 ) -> Iterator[tuple[ViewBatch, Tensor]]:
     """Yield each batch with its normalised float images (B, C, H, W) on ``device``."""
+    spec.check_replayable()
     if dataset.in_memory:
         hw = dataset.image_shape[1:]
         for batch in batches:
@@ -116,10 +113,7 @@ def augmented_batches(
     for batch, item in zip(batches, loader):
         if isinstance(item, LogitcacheError):
             raise item
-        images, flips = item
-        images = images.to(device, non_blocking=True)
-        flips = flips.to(device, non_blocking=True).bool()[:, None, None, None]
-        yield batch, dataset.normalize(torch.where(flips, images.flip(-1), images))
+        yield batch, dataset.normalize(item.to(device, non_blocking=True))
 
 
 def _mix_in_memory(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch, views: Tensor) -> Tensor:

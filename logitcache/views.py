@@ -3,9 +3,12 @@
 Every (view v, sample i) has a 32-bit seed, a counter-based hash of (dump seed, v, i). The
 augmentation parameters of that view (crop box, flip) are a pure function of the seed and the
 source image size, computed on the CPU with integer or IEEE float64 arithmetic; the ops that use
-them (pad + gather, flip, integer fixed-point resampling) are exact integer operations on
-uint8 tensors, so a view replayed on any device, in any batch, by any worker, is the same
-image to the last bit. Normalisation to float is one IEEE subtraction and one division per
+them (pad + gather, flip) are exact integer operations on uint8 tensors, so a view replayed on any
+device, in any batch, by any worker, is the same image to the last bit. Resized crops are
+resampled by Pillow's bilinear filter (fixed-point integer arithmetic in C, on the CPU: the crop,
+then the resize, as torchvision's RandomResizedCrop does on Pillow images); its output may change
+between Pillow releases, so the store records the version as ``resampler`` and a replay under
+another one is refused. Normalisation to float is one IEEE subtraction and one division per
 pixel, which CPU and GPU both round correctly.
 
 Stored view 0 may be the clean image (no crop offset, no flip; for resized crops the usual
@@ -18,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -30,18 +33,30 @@ from ._seeds import (
     view_seeds,  # noqa: F401  (its public home: logitcache.views.view_seeds)
 )
 from .augment import AutoAugment, Mix, mix_params, plan_view, run_plan
-from .errors import BadInput, CacheMismatch
+from .errors import BadInput, CacheMismatch, CacheOutdated
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 # Columns of a params row: the geometry, then the view's seed and whether it is the clean view
 # (which the per-sample ops of augment.py need).
 TOP, LEFT, HEIGHT, WIDTH, FLIP, SEED, CLEAN = range(7)
-_WEIGHT_BITS = 14  # fixed-point precision of resampling weights (each row sums to 2**14)
+
+
+def pillow_resampler() -> str:
+    """The resampler of resized crops here: Pillow's bilinear filter, named with Pillow's version
+    (another release may round differently, and its bundled JPEG decoder may differ too)."""
+    import PIL
+
+    return f"pillow-{PIL.__version__}-bilinear"
 
 
 # --------------------------------------------------------------------------- spec
 # ViewSpec's fields of strong augmentation and mixing: left out of the JSON at their defaults, so
 # that stores made without them keep their spec and identity.
 STRONG_FIELDS = ("aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
+# ...and ``resampler``, which a plain crop does not have (CIFAR-style stores keep their identity).
+_OMITTED_AT_DEFAULT = (*STRONG_FIELDS, "resampler")
 _UNIT_INTERVAL = ("reprob", "mixup_prob", "mixup_switch_prob")
 
 
@@ -51,9 +66,10 @@ class ViewSpec:
 
     ``kind="crop"``: zero-pad by ``padding``, take a ``size``×``size`` crop at a random offset
     (CIFAR's RandomCrop). ``kind="resized_crop"``: torchvision's RandomResizedCrop box sampling
-    (``scale``, ``ratio``, ten tries then a centre-crop fallback) resampled to ``size`` with an
-    antialiased integer bilinear filter; its clean view resizes the shorter side to
-    ``eval_resize`` and centre-crops ``size``. ``flip`` adds a horizontal flip with p = 0.5.
+    (``scale``, ``ratio``, ten tries then a centre-crop fallback) resampled to ``size`` by
+    ``resampler`` (Pillow's antialiased bilinear filter, this environment's version unless
+    given); its clean view resizes the shorter side to ``eval_resize`` and centre-crops ``size``
+    (as one resampling of the centre box). ``flip`` adds a horizontal flip with p = 0.5.
 
     Then, per sample and never on the clean view (``augment.py``): ``aa`` (timm's ``--aa``:
     ``rand-...`` or ``trivial``) or ``color_jitter``, then random erasing with probability
@@ -77,14 +93,20 @@ class ViewSpec:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
+    resampler: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("crop", "resized_crop"):
             raise BadInput(f"unknown augmentation kind {self.kind!r}: use 'crop' or 'resized_crop'")
         if self.size <= 0 or self.padding < 0:
             raise BadInput(f"augmentation size must be > 0 and padding >= 0, got {self}")
-        if self.kind == "resized_crop" and self.eval_resize < self.size:
-            object.__setattr__(self, "eval_resize", int(round(self.size / 0.875)))
+        if self.kind == "resized_crop":
+            if self.eval_resize < self.size:
+                object.__setattr__(self, "eval_resize", int(round(self.size / 0.875)))
+            if not self.resampler:
+                object.__setattr__(self, "resampler", pillow_resampler())
+        elif self.resampler:
+            raise BadInput(f"a plain crop does not resample, yet has resampler {self.resampler!r}")
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
         object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
         if self.aa:
@@ -115,7 +137,7 @@ class ViewSpec:
         d = asdict(self)
         d["scale"], d["ratio"] = list(self.scale), list(self.ratio)
         for f in fields(self):
-            if f.name in STRONG_FIELDS and d[f.name] == f.default:
+            if f.name in _OMITTED_AT_DEFAULT and d[f.name] == f.default:
                 del d[f.name]
         return d
 
@@ -127,10 +149,29 @@ class ViewSpec:
                 f"the store's augmentation uses {', '.join(sorted(unknown))}, which this logitcache does not know: "
                 "upgrade logitcache (pip install -U logitcache)"
             )
+        if d.get("kind") == "resized_crop" and "resampler" not in d:
+            # Made before resized crops were Pillow's: their pixels were another filter's, which this
+            # version no longer computes, and filling in today's resampler would mix the two.
+            raise CacheOutdated(
+                "the store's resized crops were resampled by logitcache's former integer filter (its augmentation "
+                "has no resampler), which this logitcache does not replay: re-dump it (the same dump command with "
+                "--overwrite)"
+            )
         try:
             return cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
         except (KeyError, TypeError, ValueError, BadInput) as e:
             raise CacheMismatch(f"the store's augmentation is malformed ({e}): re-dump it") from None
+
+    def check_replayable(self) -> None:
+        """Refuse views this environment cannot replay bit for bit: resized crops of another Pillow."""
+        here = pillow_resampler()
+        if self.resampler and self.resampler != here:
+            version = self.resampler.split("-")[1]
+            raise CacheMismatch(
+                f"the cache's views were resampled by {self.resampler}, this environment has {here}: replaying "
+                f"them would give other pixels; install that Pillow (pip install pillow=={version}) or re-dump the "
+                "cache (views.augmentation.resampler)"
+            )
 
     def describe(self) -> str:
         flip = "+flip" if self.flip else ""
@@ -238,15 +279,21 @@ class ViewSpec:
 
     # ------------------------------------------------------------------ apply
     def apply(self, images: Tensor, params: np.ndarray | Tensor) -> Tensor:
-        """Apply the views to a batch of same-size uint8 images (B, C, H, W) on any device."""
+        """Apply the views to a batch of same-size uint8 images (B, C, H, W) on any device (resized
+        crops are resampled on the CPU, by Pillow, and come back to the images' device)."""
         if images.dtype != torch.uint8:
             raise BadInput(f"views apply to uint8 images, got {images.dtype}")
         params = torch.as_tensor(np.asarray(params), dtype=torch.int64)
         if self.kind == "crop":
             out = _crop(images, params.to(images.device), self.padding, self.size)
         else:
-            out = torch.stack([_resample(img, p.tolist(), self.size) for img, p in zip(images, params.cpu())])
-        out = _flip(out, params[:, FLIP].to(images.device))
+            host = images.cpu()
+            out = torch.stack([_resample_tensor(img, p, self.size) for img, p in zip(host, params.tolist())])
+            out = out.to(images.device)
+        return self._after_geometry(out, params)
+
+    def _after_geometry(self, out: Tensor, params: Tensor) -> Tensor:
+        out = _flip(out, params[:, FLIP].to(out.device))
         if not self.per_sample:
             return out
         return torch.stack([self.per_sample_ops(img, int(p[SEED]), bool(p[CLEAN])) for img, p in zip(out, params.tolist())])
@@ -262,9 +309,15 @@ class ViewSpec:
             return image
         return run_plan(image, plan_view(seed, tuple(image.shape[1:]), self._aa, self.color_jitter, self.reprob), seed)
 
-    def apply_one(self, image: Tensor, params_row: np.ndarray | Sequence[int]) -> Tensor:
-        """Apply one view to one uint8 image (C, H, W) of any size; used by loader workers."""
-        return self.apply(image[None], np.asarray(params_row, dtype=np.int64)[None])[0]
+    def apply_one(self, image: Tensor | Image, params_row: np.ndarray | Sequence[int]) -> Tensor:
+        """Apply one view to one uint8 image (C, H, W) of any size, or to a decoded Pillow image (a
+        folder's, resampled as it is: no tensor of the whole image is made); used by loader workers."""
+        row = np.asarray(params_row, dtype=np.int64)[None]
+        if isinstance(image, Tensor):
+            return self.apply(image[None], row)[0]
+        if self.kind == "crop":
+            return self.apply(pil_to_tensor(image)[None], row)[0]
+        return self._after_geometry(_resample(image, row[0].tolist(), self.size)[None], torch.from_numpy(row))[0]
 
 
 def _crop(images: Tensor, params: Tensor, pad: int, size: int) -> Tensor:
@@ -280,39 +333,31 @@ def _flip(images: Tensor, flip: Tensor) -> Tensor:
     return torch.where(flip.bool()[:, None, None, None], images.flip(-1), images)
 
 
-def _filter_taps(start: int, length: int, src_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Antialiased triangle-filter taps mapping [start, start+length) of an axis to out_size.
+def _resample(image: Image, p: Sequence[int], size: int) -> Tensor:
+    """Crop the box ``p`` out of a Pillow image and resize it to size × size: (C, size, size) uint8.
 
-    Returns integer (out_size, taps) source indices and weights; each row's weights sum to
-    2**14 exactly, so the resampling is integer arithmetic, identical on every device.
+    Crop first, then resize, as torchvision's ``resized_crop`` does on Pillow images: the filter
+    sees only the box's pixels. No ``reducing_gap``: one resampling pass, whatever the scale.
     """
-    scale = length / out_size
-    support = max(scale, 1.0)  # widen the filter when shrinking: antialiasing
-    centres = start + (np.arange(out_size) + 0.5) * scale
-    lo = np.floor(centres - support).astype(np.int64)
-    taps = int(math.ceil(2 * support)) + 2
-    idx = lo[:, None] + np.arange(taps)[None, :]
-    weight = np.clip(1.0 - np.abs((idx + 0.5 - centres[:, None]) / support), 0.0, None)
-    weight[(idx < start) | (idx >= start + length)] = 0.0
-    weight /= weight.sum(axis=1, keepdims=True)
-    fixed = np.floor(weight * (1 << _WEIGHT_BITS) + 0.5).astype(np.int64)
-    # Put the rounding remainder on the largest tap so that every row sums to exactly 2**14.
-    fixed[np.arange(out_size), weight.argmax(axis=1)] += (1 << _WEIGHT_BITS) - fixed.sum(axis=1)
-    return np.clip(idx, 0, src_size - 1), fixed
+    from PIL import Image as PILImage
+
+    box = (p[LEFT], p[TOP], p[LEFT] + p[WIDTH], p[TOP] + p[HEIGHT])
+    return pil_to_tensor(image.crop(box).resize((size, size), PILImage.BILINEAR, reducing_gap=None))
 
 
-def _resample(image: Tensor, p: Sequence[int], size: int) -> Tensor:
-    """Crop the box ``p`` out of a (C, H, W) uint8 image and resize it to size × size."""
-    _, src_h, src_w = image.shape
-    rows, wy = _filter_taps(p[TOP], p[HEIGHT], src_h, size)
-    cols, wx = _filter_taps(p[LEFT], p[WIDTH], src_w, size)
-    dev = image.device
-    rows, wy, cols, wx = (torch.as_tensor(a, device=dev) for a in (rows, wy, cols, wx))
-    x = image.to(torch.int64)
-    x = (x[:, :, cols] * wx).sum(-1)  # (C, H, size): horizontal pass, 2**14 scale
-    x = (x[:, rows, :] * wy[None, :, :, None]).sum(2)  # (C, size, size), 2**28 scale
-    half = 1 << (2 * _WEIGHT_BITS - 1)
-    return ((x + half) >> (2 * _WEIGHT_BITS)).clamp_(0, 255).to(torch.uint8)
+def _resample_tensor(image: Tensor, p: Sequence[int], size: int) -> Tensor:
+    """:func:`_resample` of a (C, H, W) uint8 CPU tensor: as one RGB image, or band by band."""
+    from PIL import Image as PILImage
+
+    if image.shape[0] == 3:
+        return _resample(PILImage.fromarray(image.permute(1, 2, 0).numpy()), p, size)
+    return torch.cat([_resample(PILImage.fromarray(band.numpy()), p, size) for band in image])
+
+
+def pil_to_tensor(image: Image) -> Tensor:
+    """A Pillow image as a (C, H, W) uint8 tensor."""
+    array = np.array(image)  # a writable copy: torch refuses to share Pillow's read-only buffer
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous() if array.ndim == 3 else torch.from_numpy(array)[None]
 
 
 # --------------------------------------------------------------------------- normalise
@@ -332,4 +377,5 @@ class Normalize:
                 torch.tensor(self.std, dtype=torch.float32, device=key).view(1, -1, 1, 1),
             )
         mean, std = self._cache[key]
-        return (images.to(torch.float32) / 255.0 - mean) / std
+        # In place: the same three IEEE operations per pixel, without two more batch-sized tensors.
+        return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
