@@ -274,6 +274,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         train_samples = labelled  # without a teacher an unlabelled image has no target at all
     if reader:
         view_spec = ViewSpec.from_json(reader.spec.views.augmentation)
+        view_spec.check_replayable()  # before the run folder is written
     else:
         view_spec = dataclasses.replace(train_set.train_view, **config.strong)
     if labelled is not None and view_spec.mixing:

@@ -99,6 +99,7 @@ def verify(
         report.replay_skipped = "--samples 0" if samples <= 0 else "the problems above come first"
         return report
 
+    ViewSpec.from_json(spec.views.augmentation).check_replayable()  # before the teacher is built
     dev = _utils.resolve_device(device)
     teacher = build_teacher(spec.teacher.name, spec.teacher.num_classes, checkpoint=checkpoint,
                             random_init=random_init, seed=spec.views.seed, device=dev)

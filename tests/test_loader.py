@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,12 @@ def test_folder_batches_equal_per_image_views(folder_and_memory, workers):
     # Some flips happened, and the flipped ones are mirrored (the device-side flip path).
     flips = spec.params(seeds, np.array([im.shape[1:] for im in images])[samples], views == 0)[:, 4]
     assert 0 < flips.sum() < len(flips) and not flips[views == 0].any()
+
+
+def test_a_folder_dump_shows_images_per_second(folder_and_memory, run_cli, tmp_path):
+    ds, _ = folder_and_memory
+    result = run_cli(["dump", "--teacher", "resnet8", "--dataset", f"imagefolder:{ds.root}", "--random-init",
+                      "--augment", "resized_crop:8", "--views", "1", "--topk", "2", "--chunk-samples", "8",
+                      "--device", "cpu", "--out", tmp_path / "c.zarr"])
+    assert result.code == 0, result.err
+    assert re.search(r"dump resnet8: 100%.*\d ?img/s", result.err), result.err[-500:]

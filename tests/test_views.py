@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logitcache.errors import BadInput
-from logitcache.views import FLIP, HEIGHT, LEFT, TOP, WIDTH, Normalize, ViewSpec, view_seeds
+from logitcache.errors import BadInput, CacheMismatch, CacheOutdated
+from logitcache.views import FLIP, HEIGHT, LEFT, TOP, WIDTH, Normalize, ViewSpec, pillow_resampler, view_seeds
 
 CROP_SPECS = [
     ViewSpec(kind="crop", size=32, padding=4, flip=True),  # CIFAR
@@ -186,7 +186,7 @@ def test_resized_crop_identity_box_is_exact():
     size=st.integers(1, 24),
     data=st.data(),
 )
-def test_resized_crop_output_is_uint8_and_weights_sum_to_one(src, size, data):
+def test_resized_crop_output_stays_within_the_boxs_pixels(src, size, data):
     h, w = src
     top = data.draw(st.integers(0, h - 1))
     left = data.draw(st.integers(0, w - 1))
@@ -200,10 +200,69 @@ def test_resized_crop_output_is_uint8_and_weights_sum_to_one(src, size, data):
     # Within the range of the pixels of the box (the filter is non-negative, weights sum to 1).
     region = image[0, :, top : top + bh, left : left + bw]
     assert int(out.min()) >= int(region.min()) and int(out.max()) <= int(region.max())
-    # A constant image stays exactly constant: every row of fixed-point weights sums to 2**14.
+    # A constant image stays exactly constant: the fixed-point weights of an output pixel sum to one.
     value = data.draw(st.integers(0, 255))
     const = torch.full((1, 3, h, w), value, dtype=torch.uint8)
     assert (spec.apply(const, box) == value).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    src=st.tuples(st.integers(1, 64), st.integers(1, 64)),
+    size=st.integers(1, 40),
+    flip=st.booleans(),
+    data=st.data(),
+)
+def test_resized_crop_is_torchvisions_on_the_same_box_bit_for_bit(src, size, flip, data):
+    """The resampling is torchvision's RandomResizedCrop on Pillow images (crop, then Pillow's
+    bilinear resize), for tiny, non-square, up- and down-scaled boxes: a cached view is the image
+    a torchvision pipeline would have made of that box, and its bytes are Pillow's."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    h, w = src
+    top, left = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+    bh, bw = data.draw(st.integers(1, h - top)), data.draw(st.integers(1, w - left))
+    image = _images(1, h, w, seed=h * 100 + w)
+    spec = ViewSpec(kind="resized_crop", size=size, flip=True)
+    ours = spec.apply(image, np.array([[top, left, bh, bw, int(flip), 0, 0]]))[0]
+    pil = F.resized_crop(Image.fromarray(image[0].permute(1, 2, 0).numpy()), top, left, bh, bw, [size, size])
+    theirs = torch.from_numpy(np.array(F.horizontal_flip(pil) if flip else pil)).permute(2, 0, 1)
+    assert torch.equal(ours, theirs)
+
+
+def test_resized_crops_record_their_resampler_and_plain_crops_have_none():
+    import PIL
+
+    spec = ViewSpec(kind="resized_crop", size=16)
+    assert spec.resampler == pillow_resampler() == f"pillow-{PIL.__version__}-bilinear"
+    assert spec.to_json()["resampler"] == spec.resampler
+    assert ViewSpec.from_json(spec.to_json()) == spec
+    # A store of another Pillow keeps its resampler (it is not replaced by this environment's).
+    other = ViewSpec.from_json({**spec.to_json(), "resampler": "pillow-9.5.0-bilinear"})
+    assert other.resampler == "pillow-9.5.0-bilinear" and other != spec
+    # Plain crops do not resample: their JSON, hence the identity of CIFAR-style stores, is unchanged.
+    assert "resampler" not in CROP_SPECS[0].to_json()
+    with pytest.raises(BadInput, match="a plain crop does not resample"):
+        ViewSpec(kind="crop", size=8, resampler="pillow-9.5.0-bilinear")
+
+
+def test_views_of_another_resampler_are_not_replayed():
+    other = ViewSpec.from_json({**RESIZED.to_json(), "resampler": "pillow-9.5.0-bilinear"})
+    with pytest.raises(CacheMismatch, match=rf"resampled by pillow-9.5.0-bilinear, this environment has "
+                                             rf"{pillow_resampler()}.*pip install pillow==9.5.0.*re-dump"):
+        other.check_replayable()
+    RESIZED.check_replayable()
+    CROP_SPECS[0].check_replayable()
+
+
+def test_resized_crops_of_the_former_integer_filter_are_refused():
+    """A store made before the resampler was recorded holds another filter's views: it is refused
+    ("re-dump"), never read as if today's resampler had made it."""
+    old = RESIZED.to_json()
+    del old["resampler"]
+    with pytest.raises(CacheOutdated, match=r"former integer filter.*re-dump it \(the same dump command with --overwrite\)"):
+        ViewSpec.from_json(old)
 
 
 def test_apply_refuses_float_images():

@@ -48,6 +48,8 @@ class CacheReader:
         try:
             self.store = ZarrStore.open(location, read_only=True)
             self.spec: CacheSpec = self.store.spec
+            # Parsed once, here: a spec this version cannot replay is refused before anything is read.
+            self.view_spec = ViewSpec.from_json(self.spec.views.augmentation)
             if not self.store.provenance.complete:
                 raise CacheIncomplete(
                     f"the dump into {location} has not finished: re-run the same `logitcache dump` command to complete it"
@@ -164,7 +166,7 @@ class CacheReader:
     def _true_labels(self, views: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """The class each pair stands for: the label, or a mixed view's larger share's (whose
         true-class logit the dump stored)."""
-        spec = ViewSpec.from_json(self.spec.views.augmentation)
+        spec = self.view_spec
         if not spec.mixing:
             return self.labels[samples]
         seeds = np.empty(len(samples), dtype=np.uint32)

@@ -101,3 +101,78 @@ def test_the_caches_augmentation_is_the_one_replayed(make_cache, run_cli, tmp_pa
     with torch.inference_mode():
         assert not torch.allclose(reader.read(views, wrong).logits, teacher(images).float(), atol=1e-3)
     reader.close()
+
+
+# --------------------------------------------------------------------------- resampler
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> str:
+    """Twelve tiny training images of two sizes in three classes, and three to test on."""
+    from image_files import write_png
+
+    root = tmp_path_factory.mktemp("resampler-folder")
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 12), ("val", 3)):
+        for j in range(count):
+            (root / split / f"c{j % 3}").mkdir(parents=True, exist_ok=True)
+            h, w = (14, 20) if j % 2 else (18, 12)
+            write_png(torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8),
+                      root / split / f"c{j % 3}" / f"{j:02d}.png")
+    return f"imagefolder:{root}"
+
+
+def _folder_dump(dataset: str, out) -> list:
+    return ["dump", "--teacher", "resnet8", "--dataset", dataset, "--random-init", "--augment", "resized_crop:8",
+            "--views", "1", "--full", "--dtype", "fp32", "--chunk-samples", "8", "--device", "cpu", "--quiet",
+            "--out", out]
+
+
+def _one_line(result) -> str:
+    assert result.code == 2 and result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+    return result.err
+
+
+def test_a_cache_resampled_by_another_pillow_is_refused_naming_it(small_folder, run_cli, tmp_path, monkeypatch):
+    """Resized crops are Pillow's, whose output may change between releases: a cache made under
+    another Pillow is refused by ``train`` (before its run folder exists) and ``verify``'s replay,
+    naming both resamplers and the Pillow to install; the same dump command here names the field."""
+    cache = tmp_path / "c.zarr"
+    with monkeypatch.context() as m:  # the dump ran where Pillow 9.5.0 was installed
+        m.setattr("logitcache.views.pillow_resampler", lambda: "pillow-9.5.0-bilinear")
+        assert run_cli(_folder_dump(small_folder, cache)).code == 0
+    assert ZarrStore.open(cache).spec.views.augmentation["resampler"] == "pillow-9.5.0-bilinear"
+    here = ViewSpec(kind="resized_crop", size=8).resampler
+    out = tmp_path / "run"
+    for command in (_train(cache, small_folder, out, "--method", "kd"),
+                    ["verify", cache, "--random-init", "--samples", "4", "--device", "cpu"]):
+        line = _one_line(run_cli(command))
+        assert f"resampled by pillow-9.5.0-bilinear, this environment has {here}" in line, line
+        assert "pip install pillow==9.5.0" in line and "re-dump" in line
+    assert not out.exists()
+    assert run_cli(["verify", cache, "--samples", "0"]).code == 0  # integrity needs no replay
+    line = _one_line(run_cli(_folder_dump(small_folder, cache)))
+    assert f"views.augmentation.resampler: 'pillow-9.5.0-bilinear' vs '{here}'" in line and "--overwrite" in line
+
+
+def test_a_cache_of_the_former_integer_resampler_is_refused_and_overwritten(small_folder, run_cli, tmp_path):
+    """A resized-crop store made before the resampler was recorded (its views are the former integer
+    filter's): ``train``, ``verify`` and ``info`` refuse it asking for a re-dump, which replaces it."""
+    import json
+
+    from logitcache.store.format import ATTR, spec_digest
+
+    cache = tmp_path / "c.zarr"
+    assert run_cli(_folder_dump(small_folder, cache)).code == 0
+    meta = json.loads((cache / "zarr.json").read_text())
+    attrs = meta["attributes"][ATTR]
+    del attrs["spec"]["views"]["augmentation"]["resampler"]
+    attrs["spec_sha256"] = spec_digest(attrs["spec"])  # as the older logitcache wrote it
+    (cache / "zarr.json").write_text(json.dumps(meta))
+    out = tmp_path / "run"
+    for command in (_train(cache, small_folder, out, "--method", "kd"), ["info", cache],
+                    ["verify", cache, "--random-init", "--samples", "4", "--device", "cpu"]):
+        line = _one_line(run_cli(command))
+        assert "former integer filter" in line and "re-dump it (the same dump command with --overwrite)" in line, line
+    assert not out.exists()
+    assert run_cli([*_folder_dump(small_folder, cache), "--overwrite"]).code == 0
+    assert "resampler" in ZarrStore.open(cache).spec.views.augmentation
+    assert run_cli(_train(cache, small_folder, out, "--method", "kd")).code == 0
