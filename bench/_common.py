@@ -232,6 +232,22 @@ def describe_synthetic(classes: int, n: int = 20_000) -> str:
             f"mean entropy {entropy:.2f} nats, logit std within a row {spread_:.2f}")
 
 
+def jpeg_folder(root: Path, shapes: Sequence[tuple[int, int]], count: int, classes: int = 4) -> Path:
+    """``count`` JPEGs (quality 90) of the (height, width) ``shapes`` in turn, in ``classes`` class
+    folders under ``root``; made the same every time. Smooth noise, so that file sizes and decode
+    times are photo-like rather than worst case."""
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    for j in range(count):
+        h, w = shapes[j % len(shapes)]
+        folder = root / f"c{j % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        small = gen.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((w, h), Image.BILINEAR).save(folder / f"{j:03d}.jpg", quality=90)
+    return root
+
+
 CIFAR_VIEW = ViewSpec(kind="crop", size=32, padding=4, flip=True)
 
 

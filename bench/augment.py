@@ -24,7 +24,7 @@ from logitcache.info import cache_info
 from logitcache.loader import ViewBatch, augmented_batches
 from logitcache.views import ViewSpec, view_seeds
 
-from ._common import Ctx, Section, median, spread, table, timed
+from ._common import Ctx, Section, jpeg_folder, median, spread, table, timed
 
 STRONG = {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "mixup": 0.8, "cutmix": 1.0}
 TARGET_BYTES = 4.0  # per view above crop + flip
@@ -52,21 +52,6 @@ def _arrays(path) -> list[str]:
     return [p.parent.name for p in path.glob("*/zarr.json")]
 
 
-def _folder(ctx: Ctx, count: int):
-    from PIL import Image
-
-    root = ctx.workdir / "augment-folder"
-    gen = np.random.default_rng(0)
-    for j in range(count):
-        h, w = (375, 500) if j % 2 else (500, 333)
-        folder = root / "train" / f"c{j % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # Smooth noise, so that JPEG sizes and decode times are photo-like rather than worst case.
-        small = gen.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((w, h), Image.BILINEAR).save(folder / f"{j:03d}.jpg", quality=90)
-    return root
-
-
 def _ours(dataset, spec: ViewSpec, n: int) -> float:
     seeds = view_seeds(0, 1, np.arange(n))
     batches = [ViewBatch(samples=np.arange(s, min(s + 16, n)), seeds=seeds[s : s + 16], clean=np.zeros(min(16, n - s), bool))
@@ -88,7 +73,7 @@ def _torchvision(root, strong: bool, n: int) -> float:
 
 def _speed(ctx: Ctx) -> tuple[list[list[str]], float]:
     n, repeats = ctx.n(96, 16), ctx.n(5, 1)
-    root = _folder(ctx, n)
+    root = jpeg_folder(ctx.workdir / "augment-folder" / "train", [(500, 333), (375, 500)], n).parent
     dataset = open_dataset(f"imagefolder:{root}", "train")
     plain = ViewSpec(kind="resized_crop", size=224)
     strong = ViewSpec(kind="resized_crop", size=224, aa=STRONG["aa"], reprob=STRONG["reprob"])

@@ -290,10 +290,7 @@ class ViewSpec:
             host = images.cpu()
             out = torch.stack([_resample_tensor(img, p, self.size) for img, p in zip(host, params.tolist())])
             out = out.to(images.device)
-        return self._after_geometry(out, params)
-
-    def _after_geometry(self, out: Tensor, params: Tensor) -> Tensor:
-        out = _flip(out, params[:, FLIP].to(out.device))
+        out = _flip(out, params[:, FLIP].to(images.device))
         if not self.per_sample:
             return out
         return torch.stack([self.per_sample_ops(img, int(p[SEED]), bool(p[CLEAN])) for img, p in zip(out, params.tolist())])
@@ -312,12 +309,14 @@ class ViewSpec:
     def apply_one(self, image: Tensor | Image, params_row: np.ndarray | Sequence[int]) -> Tensor:
         """Apply one view to one uint8 image (C, H, W) of any size, or to a decoded Pillow image (a
         folder's, resampled as it is: no tensor of the whole image is made); used by loader workers."""
-        row = np.asarray(params_row, dtype=np.int64)[None]
+        row = np.asarray(params_row, dtype=np.int64)
         if isinstance(image, Tensor):
-            return self.apply(image[None], row)[0]
+            return self.apply(image[None], row[None])[0]
         if self.kind == "crop":
-            return self.apply(pil_to_tensor(image)[None], row)[0]
-        return self._after_geometry(_resample(image, row[0].tolist(), self.size)[None], torch.from_numpy(row))[0]
+            return self.apply(pil_to_tensor(image)[None], row[None])[0]
+        p = row.tolist()
+        view = _resample(image, p, self.size)
+        return self.per_sample_ops(view.flip(-1) if p[FLIP] else view, p[SEED], bool(p[CLEAN]))
 
 
 def _crop(images: Tensor, params: Tensor, pad: int, size: int) -> Tensor:
