@@ -3,9 +3,9 @@
 Both stages use this, so the teacher at dump time and the student at train time see the same
 pixels: the images of a batch are gathered by sample index, each view's parameters come from
 its stored seed, and the ops run on uint8 tensors (see ``views.py``). In-memory datasets are
-indexed and augmented on the device in the calling thread; folders are decoded, cropped and
-resized (by Pillow, from the decoded image itself) in DataLoader workers and only flipped and
-normalised on the device.
+indexed and augmented on the device in the calling thread; folders are decoded, cropped, resized
+(by Pillow, from the decoded image itself) and flipped in DataLoader workers, a batch per
+worker, and normalised on the device (for a CPU device, in the workers too).
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ def true_labels(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch) -> np.n
 
 
 class _FolderBatches(torch.utils.data.Dataset):
-    """Map-style dataset over batches: item j is batch j's uint8 views (B, C, size, size), made on the CPU."""
+    """Map-style dataset over batches: item j is batch j's views (B, C, size, size), made on the CPU:
+    uint8, or normalised where ``normalized``."""
 
-    def __init__(self, dataset: ImageDataset, spec: ViewSpec, batches: list[ViewBatch]) -> None:
-        self.dataset, self.spec, self.batches = dataset, spec, batches
+    def __init__(self, dataset: ImageDataset, spec: ViewSpec, batches: list[ViewBatch], normalized: bool) -> None:
+        self.dataset, self.spec, self.batches, self.normalized = dataset, spec, batches, normalized
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -76,7 +77,7 @@ class _FolderBatches(torch.utils.data.Dataset):
             if len(rows):
                 partners = self._views(mix.partner[rows], mix.partner_seed[rows], np.zeros(len(rows), dtype=bool))
                 images = mix_images(images, partners, mix, rows)
-        return images
+        return self.dataset.normalize(images) if self.normalized else images
 
 
 def augmented_batches(
@@ -102,8 +103,11 @@ def augmented_batches(
             yield batch, dataset.normalize(views)
         return
     batches = list(batches)
+    # For a model on the CPU the workers normalise too (the same float ops, on the same device), so
+    # that the main process only runs the model; for a GPU, uint8 crosses the bus, a quarter the bytes.
+    on_cpu = device.type == "cpu"
     loader = torch.utils.data.DataLoader(
-        _FolderBatches(dataset, spec, batches),
+        _FolderBatches(dataset, spec, batches, normalized=on_cpu),
         batch_size=None,
         num_workers=workers,
         pin_memory=device.type == "cuda",
@@ -113,7 +117,7 @@ def augmented_batches(
     for batch, item in zip(batches, loader):
         if isinstance(item, LogitcacheError):
             raise item
-        yield batch, dataset.normalize(item.to(device, non_blocking=True))
+        yield batch, item if on_cpu else dataset.normalize(item.to(device, non_blocking=True))
 
 
 def _mix_in_memory(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch, views: Tensor) -> Tensor:
