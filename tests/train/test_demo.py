@@ -14,7 +14,7 @@ import pytest
 from logitcache.demo import DEMO_MARKER, DemoConfig, run_demo
 from logitcache.store.reader import CacheReader
 
-DEMO_ARGS = ["demo", "--teacher-epochs", "2", "--student-epochs", "1", "--views", "2", "--methods", "ce,kd",
+DEMO_ARGS = ["demo", "--teacher-epochs", "1", "--student-epochs", "1", "--views", "2", "--methods", "ce,kd",
              "--seeds", "0,1", "--jobs", "2", "--device", "cpu", "--quiet"]
 STAT = r"([\d.]+)(?: ± ([\d.]+))?"
 ROW = re.compile(rf"^(\S+)\s+(cache|online|labels)\s+(\d+)%\s+(\d+)\s+{STAT}\s+{STAT}\s+([\d,]+)\s+([\d,]+)$")
@@ -86,9 +86,10 @@ TINY = dict(dataset="synthetic:n=64,size=8", teacher="resnet8", student="resnet8
             methods=("kd",), seeds=(0,), jobs=1, device="cpu", progress=False)
 
 
-def test_demo_online_row_replays_the_caches_views(tmp_path, replay_spy):
+def test_demo_online_row_replays_the_caches_views_and_overwrite_replaces_it(tmp_path, replay_spy):
     """An online row is only a fair comparison if it sees the views the cached runs see, over more
-    epochs than views: the cache's own seeds, view e mod V in epoch e."""
+    epochs than views: the cache's own seeds, view e mod V in epoch e. The same demo is then the
+    previous demo that --overwrite replaces (one demo run less than two tests)."""
     out = tmp_path / "demo"
     result = run_demo(DemoConfig(out=str(out), student_epochs=3, online=("kd",), **TINY), echo=lambda message: None)
     assert [r.run for r in result.rows] == ["teacher", "kd", "kd-online"]
@@ -102,14 +103,10 @@ def test_demo_online_row_replays_the_caches_views(tmp_path, replay_spy):
     finally:
         reader.close()
 
-
-def test_demo_overwrite_replaces_a_previous_demo(tmp_path):
-    out = tmp_path / "demo"
-    run_demo(DemoConfig(out=str(out), student_epochs=1, **TINY), echo=lambda message: None)
     (out / "sweep" / "kd-s0" / "stale.txt").write_text("from the first demo")
     result = run_demo(DemoConfig(out=str(out), student_epochs=1, overwrite=True, **TINY), echo=lambda message: None)
     assert len(result.rows) == 2
-    assert not (out / "sweep" / "kd-s0" / "stale.txt").exists()
+    assert not (out / "sweep" / "kd-s0" / "stale.txt").exists() and not (out / "kd-online").exists()
     assert json.loads((out / "demo_results.json").read_text())["rows"][1]["run"] == "kd"
 
 
