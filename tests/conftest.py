@@ -97,9 +97,10 @@ def _run_console(argv: list[str], timeout: float = 120) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
-    """``run_cli(argv) -> CliResult``: the CLI in this process."""
+    """``run_cli(argv) -> CliResult``: the CLI in this process (session-scoped: shared fixtures
+    may make their stores and runs with it)."""
     return _run_cli
 
 

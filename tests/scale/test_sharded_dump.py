@@ -20,12 +20,12 @@ def _assert_same_arrays(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(left.read(name), right.read(name), err_msg=name)
 
 
-@pytest.fixture
-def reference(tmp_path_factory, run_script) -> Path:
-    out = tmp_path_factory.getbasetemp() / "sharded-reference.zarr"
-    if not out.exists():
-        proc = run_script("logitcache", [*ARGS, "--out", out])
-        assert proc.returncode == 0, proc.stderr
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, run_cli) -> Path:
+    """The one-process store, dumped in this process (the shards are what runs as processes)."""
+    out = tmp_path_factory.mktemp("sharded") / "reference.zarr"
+    done = run_cli([*ARGS, "--out", out])
+    assert done.code == 0, done.err
     return out
 
 
