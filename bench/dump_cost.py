@@ -60,6 +60,17 @@ def _bare(teacher: torch.nn.Module, images: list[torch.Tensor]) -> float:
     return time.perf_counter() - t
 
 
+def profile_dump(config: DumpConfig, teacher_lines: str) -> list[str]:
+    """A cProfile of one dump into ``config.out`` (removed afterwards), as report paragraphs."""
+    prof = cProfile.Profile()
+    prof.runcall(dump, config)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+    text = "\n".join(line for line in buf.getvalue().splitlines() if line.strip())
+    shutil.rmtree(config.out, ignore_errors=True)
+    return [f"cProfile of one dump (top 12 by own time; {teacher_lines}):", "```\n" + text[-4000:] + "\n```"]
+
+
 def run(ctx: Ctx) -> Section:
     n, repeats = ctx.n(1024, 256), ctx.n(3, 1)
     teacher_name = "resnet110"
@@ -112,14 +123,7 @@ def run(ctx: Ctx) -> Section:
         detail,
     ]
     if min(ratio_all, ratio_stage) < TARGET or ctx.shared.get("profile_dump"):
-        out = Path(ctx.workdir) / "dump-profile.zarr"
-        prof = cProfile.Profile()
-        prof.runcall(dump, replace(base, out=str(out)))
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-        text = "\n".join(line for line in buf.getvalue().splitlines() if line.strip())
-        body += ["cProfile of one dump (top 12 by own time; the teacher's convolutions are the torch "
-                 "`_conv_forward` / `conv2d` lines):", "```\n" + text[-4000:] + "\n```"]
-        shutil.rmtree(out, ignore_errors=True)
+        body += profile_dump(replace(base, out=str(Path(ctx.workdir) / "dump-profile.zarr")),
+                             "the teacher's convolutions are the torch `_conv_forward` / `conv2d` lines")
     ctx.shared["dump_ratio"] = ratio_all
     return Section("2. Dump cost", "\n\n".join(body))

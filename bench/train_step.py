@@ -173,17 +173,18 @@ class _Mode:
         epoch_views = self.views.for_epoch("cycle", 1, self.config.seed)
         _train_epoch(self.model, self.loss_fn, self.hparams, train_set, np.arange(len(train_set)), view_spec,
                      self.views, epoch_views, self.reader, self.teacher, self.config, 1, self.optimizer, self.device,
-                     0, 1)
+                     0, 1, None)  # every sample labelled
 
 
-def _loss_seconds(method: str, device: torch.device, reps: int = 300) -> float:
-    """Median forward + backward time of a method's loss alone on (64, 100) logits: the part of the
-    KD step that CE does not have, besides the read (measured bottom-up, free of the machine's noise)."""
+def _loss_seconds(method: str, device: torch.device, reps: int = 300, rows: int = BATCH, classes: int = 100) -> float:
+    """Median forward + backward time of a method's loss alone on (rows, classes) logits: the part of
+    the KD step that CE does not have, besides the read (measured bottom-up, free of the machine's noise)."""
     from logitcache.teacher_view import TeacherView
 
     g = torch.Generator().manual_seed(0)
-    z_s = torch.randn(BATCH, 100, generator=g).to(device).requires_grad_()
-    z_t, y = (3 * torch.randn(BATCH, 100, generator=g)).to(device), torch.randint(0, 100, (BATCH,), generator=g).to(device)
+    z_s = torch.randn(rows, classes, generator=g).to(device).requires_grad_()
+    z_t = (3 * torch.randn(rows, classes, generator=g)).to(device)
+    y = torch.randint(0, classes, (rows,), generator=g).to(device)
     fn, hp = get_method(method).fn, resolve_hparams(method)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = []
@@ -196,13 +197,13 @@ def _loss_seconds(method: str, device: torch.device, reps: int = 300) -> float:
     return median(out[reps // 5 :])
 
 
-def _rebuild_seconds(device: torch.device, k: int = 10, reps: int = 300) -> float:
-    """Median time of the top-k rebuild (``TeacherView.logits``) of a (64, 100) batch."""
+def _rebuild_seconds(device: torch.device, k: int = 10, reps: int = 300, rows: int = BATCH, classes: int = 100) -> float:
+    """Median time of the top-k rebuild (``TeacherView.logits``) of a (rows, classes) batch."""
     from logitcache.teacher_view import TeacherView
 
     g = torch.Generator().manual_seed(0)
-    z = 3 * torch.randn(BATCH, 100, generator=g)
-    y = torch.randint(0, 100, (BATCH,), generator=g)
+    z = 3 * torch.randn(rows, classes, generator=g)
+    y = torch.randint(0, classes, (rows,), generator=g)
     values, indices = z.topk(k, dim=1)
     args = [t.to(device) for t in (values, indices, z.logsumexp(dim=1), z.gather(1, y[:, None])[:, 0], y)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -210,7 +211,7 @@ def _rebuild_seconds(device: torch.device, k: int = 10, reps: int = 300) -> floa
     for _ in range(reps):
         sync()
         t = time.perf_counter()
-        TeacherView.from_topk(*args, 100).logits  # noqa: B018
+        TeacherView.from_topk(*args, classes).logits  # noqa: B018
         sync()
         out.append(time.perf_counter() - t)
     return median(out[reps // 5 :])
