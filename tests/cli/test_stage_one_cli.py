@@ -55,7 +55,7 @@ def _one_error_line(err: str) -> str:
 
 
 # --------------------------------------------------------------------------- end to end
-def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
+def test_dump_info_verify_end_to_end(run_console, run_cli, digits_args, tmp_path):
     out = tmp_path / "digits.zarr"
     dumped = run_console(["dump", *digits_args, "--out", out])
     assert dumped.code == 0, dumped.err
@@ -63,7 +63,7 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
     assert str(out) in dumped.out and _says_complete(dumped.out) and "(teacher test accuracy" in dumped.out
     assert "Traceback" not in dumped.err
 
-    info = run_console(["info", out, "--quiet"])
+    info = run_cli(["info", out, "--quiet"])  # the console script is proven by the dump above
     assert info.code == 0, info.err
     text = info.out
     for expected in (
@@ -78,7 +78,7 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
     ):
         assert expected in text, expected
 
-    as_json = run_console(["info", out, "--json"])
+    as_json = run_cli(["info", out, "--json"])
     assert as_json.code == 0, as_json.err
     d = json.loads(as_json.out)
     assert d["compression_ratio"] == pytest.approx(d["raw_bytes"] / d["bytes_on_disk"])
@@ -90,7 +90,7 @@ def test_dump_info_verify_end_to_end(run_console, digits_args, tmp_path):
     assert d["clean"]["samples"] == 1438 and d["augmented"]["views"] == [1, 2]
     assert 0 <= d["augmented"]["misinstruction_rate"] <= 1 and d["augmented"]["ece"] >= 0
 
-    verified = run_console(["verify", out, "--random-init", "--device", "cpu"])
+    verified = run_cli(["verify", out, "--random-init", "--device", "cpu"])
     assert verified.code == 0, verified.err
     assert "replayed 256 (view, sample) pairs" in verified.out and verified.out.strip().endswith("OK")
     chunks = sum(len(ZarrStore.open(out).storage_keys(n)) for n in ZarrStore.open(out).array_names())
@@ -119,7 +119,7 @@ def test_the_plainest_dump_works_and_says_what_it_chose(dataset, chosen, stored,
 
 
 # --------------------------------------------------------------------------- kill and resume
-def test_killed_dump_resumes_to_the_uninterrupted_store(run_cli, run_console, start_console, tmp_path):
+def test_killed_dump_resumes_to_the_uninterrupted_store(run_cli, start_console, tmp_path):
     args = ["--teacher", "resnet8", "--dataset", "digits", "--random-init", "--views", "6", "--topk", "5",
             "--chunk-samples", "32", "--batch-size", "32", "--device", "cpu", "--quiet"]
     ref = tmp_path / "ref.zarr"
@@ -146,7 +146,7 @@ def test_killed_dump_resumes_to_the_uninterrupted_store(run_cli, run_console, st
     done = int((state == DONE).sum())
     assert not killed.provenance.complete and 0 < done < state.size  # really killed mid-way
 
-    resumed = run_console(command)
+    resumed = run_cli(command)
     assert resumed.code == 0, resumed.err
     assert f"resuming: {done} of {state.size} blocks already done" in resumed.out
     assert f"wrote {plural(state.size - done, 'block')} (" in resumed.out and _says_complete(resumed.out)

@@ -59,9 +59,9 @@ def test_report_of_the_digits_cache(digits_cache, run_cli, tmp_path):
     assert run_cli(["report", digits_cache, "--out", out, "--overwrite"]).code == 0
 
 
-def test_report_with_runs_adds_curves_and_bars(experiment_cache, finished_sweep, run_console, tmp_path):
+def test_report_with_runs_adds_curves_and_bars(experiment_cache, finished_sweep, run_cli, tmp_path):
     out = tmp_path / "rep"
-    result = run_console(["report", experiment_cache, "--runs", finished_sweep, "--out", out], timeout=300)
+    result = run_cli(["report", experiment_cache, "--runs", finished_sweep, "--out", out])
     assert result.code == 0, result.err
     _check_pngs(out, TEACHER_FIGURES + RUN_FIGURES)
     html = (out / "index.html").read_text()

@@ -1,8 +1,8 @@
 """Killing and resuming ``logitcache train``, and the run-folder refusals around it.
 
-The kill/resume test runs the installed console script in subprocesses, as a user would: one
-uninterrupted run, one killed with SIGKILL once its epoch-1 ``last.pt`` exists, then the same
-command with ``--resume``. The refusals call the CLI in this process.
+The kill/resume test kills the installed console script, as a user's run would die: one run
+SIGKILLed from outside once its epoch-1 ``last.pt`` exists; the uninterrupted run it is compared
+with, the same command with ``--resume`` and the refusals call the CLI in this process.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def finished_run(synthetic_cache, tmp_path, run_cli) -> Path:
     return out
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(digits_cache, tmp_path, run_console, start_console):
+def test_killed_run_resumes_to_the_uninterrupted_result(digits_cache, tmp_path, run_cli, start_console):
     uninterrupted = tmp_path / "uninterrupted"
-    done = run_console(_train_args(digits_cache, uninterrupted))
+    done = run_cli(_train_args(digits_cache, uninterrupted))
     assert done.code == 0, done.err
 
     out = tmp_path / "killed"
@@ -65,7 +65,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_cache, tmp_path, 
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1, "killed inside epoch 2"
     assert not (out / "summary.json").exists()
 
-    resumed = run_console(_train_args(digits_cache, out, "--resume"))
+    resumed = run_cli(_train_args(digits_cache, out, "--resume"))
     assert resumed.code == 0, resumed.err
 
     for name in ("last.pt", "best.pt"):
