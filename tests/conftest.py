@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -183,6 +184,44 @@ def _snapshot_fixture():
 def digits_args() -> list[str]:
     """The CLI options of the tiny digits dump (everything but ``--out``)."""
     return list(DIGITS_ARGS)
+
+
+# The lazy-import checks of several test files read what one fresh process imported, rather than
+# starting a process (and importing torch) each.
+_IMPORT_PROBE = """
+import json, sys
+import logitcache, logitcache.dump, logitcache.store.reader, logitcache.verify, logitcache.train
+import logitcache.sweep, logitcache.demo
+from logitcache.train import TrainConfig, train
+train(TrainConfig(method="ce", student="resnet8", dataset="synthetic:n=64,size=8", epochs=1, device="cpu", workers=0,
+                  progress=False, out=sys.argv[1]))
+library = sorted(sys.modules)
+import logitcache_cli.main
+print(json.dumps({"library": library, "cli": sorted(sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_imports(tmp_path_factory) -> dict[str, set[str]]:
+    """Every module a fresh process had imported: ``library`` after importing logitcache (dump,
+    store.reader, verify, train, sweep, demo) and training resnet8 one epoch with ``ce``; ``cli``
+    after importing ``logitcache_cli.main`` too."""
+    out = tmp_path_factory.mktemp("fresh") / "run"
+    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(out)], capture_output=True, text=True,
+                          timeout=300, env=console_env())
+    assert done.returncode == 0, done.stderr
+    return {stage: set(modules) for stage, modules in json.loads(done.stdout.splitlines()[-1]).items()}
+
+
+def loaded(modules: set[str], *packages: str) -> list[str]:
+    """The modules of ``packages`` (top-level names or dotted prefixes) among ``modules``."""
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in packages))
+
+
+@pytest.fixture(name="loaded")
+def _loaded_fixture():
+    """``loaded(modules, *packages) -> [module]``: which modules of those packages were imported."""
+    return loaded
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
 import sys
 import types
 
@@ -129,15 +128,5 @@ def test_an_unknown_logger_is_refused(tmp_path, run_cli):
     assert refused.code == 2 and "unknown --log 'mlflow': use tensorboard or wandb" in refused.err
 
 
-def test_loggers_are_imported_only_when_asked_for(tmp_path):
-    code = f"""
-import sys
-import logitcache, logitcache.train
-from logitcache.train import TrainConfig, train
-train(TrainConfig(method="ce", student="resnet8", dataset="{SYNTHETIC}", epochs=1, device="cpu", workers=0,
-                  progress=False, out={str(tmp_path / 'run')!r}))
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorboard", "wandb") or m.startswith("torch.utils.tensorboard"))
-assert not loaded, loaded
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+def test_loggers_are_imported_only_when_asked_for(fresh_imports, loaded):
+    assert loaded(fresh_imports["library"], "tensorboard", "wandb", "torch.utils.tensorboard") == []
