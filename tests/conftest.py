@@ -23,10 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
+import zarr
 
 from logitcache.dump import DumpConfig, dump
+from logitcache.store.encodings import get_encoding
 from logitcache.store.zarr_store import DIGESTS, ZarrStore, block_digest
 
 # Test machines have two cores and often run several test processes at once; OpenMP threads
@@ -160,6 +163,37 @@ def reseal(path: Path) -> Path:
             rows = layout.block_slice(b, n)
             store.array(DIGESTS)[v, b] = block_digest(v, b, {name: store.read(name, v, rows) for name in store.block_names()})
     return path
+
+
+def _index_array(path: Path, name: str):
+    spec = ZarrStore.open(path).spec
+    encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
+    count = spec.encoding.k if name == "topk_indices" else encoding.slots
+    field = encoding.index_field(name, count).name
+    return zarr.open_group(str(path), mode="r+")[field], encoding, count
+
+
+def read_indices(path: Path, name: str) -> np.ndarray:
+    """(views, samples, count) int64 class indices of ``topk_indices`` or ``sample_indices``, read
+    straight from zarr and unpacked as the store lays them out (tests that edit stores by hand)."""
+    arr, encoding, count = _index_array(path, name)
+    return encoding.load_indices({arr.basename: arr[:]}, name, count)
+
+
+def write_indices(path: Path, name: str, view: int, sample: int, row: np.ndarray) -> None:
+    """Write one pair's class indices straight through zarr (checksums stay valid; digests do not)."""
+    arr, encoding, _ = _index_array(path, name)
+    arr[view, sample] = encoding.store_indices(name, np.asarray(row)[None])[arr.basename][0]
+
+
+@pytest.fixture(name="read_indices")
+def _read_indices_fixture():
+    return read_indices
+
+
+@pytest.fixture(name="write_indices")
+def _write_indices_fixture():
+    return write_indices
 
 
 @pytest.fixture(name="reseal")

@@ -1,4 +1,4 @@
-"""The logitcache store format, version 2, as frozen dataclasses.
+"""The logitcache store format, version 3, as frozen dataclasses.
 
 A store is a zarr v3 group. Its attribute ``logitcache`` holds a :class:`CacheSpec` (what the
 cache *is*: teacher, dataset, views, encoding, layout; two dumps with equal specs write equal
@@ -6,6 +6,10 @@ arrays) with its sha256 (``spec_sha256``: a spec edited after the dump is refuse
 :class:`Provenance` (how and when it was made, teacher accuracy, completion).
 ``docs/format.md`` describes every field and array; keep the two in step, and bump
 ``FORMAT_VERSION`` whenever a reader of the old version would misread a new store.
+
+Version 3 packs the class indices of top-k and sampled stores into the bits the class count
+needs (``EncodingInfo.indices == "packed"``); version 2 stored them as whole integers, and is
+still read: its spec is taken as ``indices="int"``, the layout its arrays have.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 
 from ..errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+OLDEST_READABLE = 2  # format 2 differs only in its whole-integer class indices, which are still read
 ATTR = "logitcache"
 DTYPES = ("fp32", "fp16", "bf16")
 TOPK_DTYPES = DTYPES + ("q8",)
@@ -29,6 +34,9 @@ MAX_SAMPLES = 65535  # counts are stored as uint16 at most
 COMPRESSORS = ("blosc", "none")
 BLOSC_CNAMES = ("zstd", "lz4", "lz4hc", "blosclz", "zlib", "snappy")
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
+# How top-k and sampled stores keep class indices: "packed", ceil(log2(C)) bits each, little-endian,
+# row by row (format 3's default); "int", the narrowest whole integer type (format 2's layout).
+INDEX_LAYOUTS = ("packed", "int")
 
 
 def _check(cond: bool, message: str) -> None:
@@ -107,7 +115,8 @@ class EncodingInfo:
 
     ``sampled`` stores the distinct classes of ``samples`` draws with replacement from the
     teacher's softmax at ``temperature``, with their counts, plus fp32 scalars (``dtype`` is
-    always ``fp32``); ``samples`` and ``temperature`` are 0 for the other kinds.
+    always ``fp32``); ``samples`` and ``temperature`` are 0 for the other kinds. ``indices`` is the
+    layout of top-k and sampled class indices (:data:`INDEX_LAYOUTS`); a full encoding has none.
     """
 
     kind: str
@@ -115,6 +124,7 @@ class EncodingInfo:
     k: int = 0
     samples: int = 0
     temperature: float = 0.0
+    indices: str = "packed"
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, int) and not isinstance(self.temperature, bool):
@@ -132,13 +142,17 @@ class EncodingInfo:
                    f"--sample-temperature must be a finite number > 0, got {self.temperature}")
         else:
             _check(self.samples == 0 and self.temperature == 0, f"a {self.kind} encoding has no samples or temperature")
+        _check(self.indices in INDEX_LAYOUTS, f"unknown index layout {self.indices!r}: use {', '.join(INDEX_LAYOUTS)}")
 
     def to_json(self) -> dict[str, Any]:
         """The fields; ``samples`` and ``temperature`` only for ``sampled``, so that full and top-k
-        specs (and their ids) are what they were before the sampled encoding existed."""
+        specs (and their ids) are what they were before the sampled encoding existed; ``indices``
+        only where there are indices."""
         d = dataclasses.asdict(self)
         if self.kind != "sampled":
             del d["samples"], d["temperature"]
+        if self.kind == "full":
+            del d["indices"]
         return d
 
     def describe(self) -> str:
@@ -245,9 +259,14 @@ class CacheSpec:
                 "lower --topk or store --full logits"
             ))
         _check(self.batch_size >= 1, "batch_size must be >= 1")
+        if self.format_version == 2 and self.encoding.kind != "full":  # (format 1 is parsed only to be deleted)
+            _check(self.encoding.indices == "int", "a store of format 2 keeps whole-integer class indices (indices='int')")
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "teacher": self.teacher.to_json(), "encoding": self.encoding.to_json()}
+        encoding = self.encoding.to_json()
+        if self.format_version < 3:  # format 2's spec had no such key: its JSON (and digest) as it was written
+            encoding.pop("indices", None)
+        return {**dataclasses.asdict(self), "teacher": self.teacher.to_json(), "encoding": encoding}
 
     @classmethod
     def from_json(cls, d: Any, *, location: str = "the store", older: bool = False) -> CacheSpec:
@@ -255,6 +274,9 @@ class CacheSpec:
         type, then the dataclasses' checks."""
         check_version(d, location, older=older)
         try:
+            enc = d.get("encoding")
+            if d["format_version"] < 3 and isinstance(enc, dict) and enc.get("kind") != "full" and "indices" not in enc:
+                d = {**d, "encoding": {**d["encoding"], "indices": "int"}}  # the layout format 2 wrote
             rest = {k: v for k, v in d.items() if k not in _PARTS}
             return cls(**_typed(cls, rest, "spec"), **{name: kind(**_typed(kind, d[name], name)) for name, kind in _PARTS.items()})
         except (KeyError, TypeError, BadInput) as e:
@@ -313,10 +335,10 @@ def check_version(spec_json: Any, location: str, *, older: bool = False) -> None
             f"store format version {version!r} is newer than this logitcache reads ({FORMAT_VERSION}): "
             "upgrade logitcache (pip install -U logitcache)"
         )
-    if version < FORMAT_VERSION and not older:
+    if version < OLDEST_READABLE and not older:
         raise CacheOutdated(
             f"{location} was made by an older logitcache (store format {version}; this one reads "
-            f"{FORMAT_VERSION}): re-dump it (the same dump command with --overwrite)"
+            f"{OLDEST_READABLE} to {FORMAT_VERSION}): re-dump it (the same dump command with --overwrite)"
         )
 
 

@@ -482,9 +482,11 @@ class ZarrStore:
         if block_digest(view, block, {n: data[n] for n in self.block_names()}) != digest:
             return f"view {view} block {block}: content does not match its digest (a chunk from elsewhere, or never written)"
         classes, first = self.spec.dataset.num_classes, self.spec.layout.block_slice(block, self.spec.dataset.num_samples).start
-        for name in ("topk_indices", "sample_indices"):
-            indices = data.get(name)
-            outside = [] if indices is None else np.flatnonzero(((indices < 0) | (indices >= classes)).any(axis=-1))
+        # Checked unpacked: packed indices of b bits reach 2**b - 1, which may be C or more.
+        stored = get_encoding(self.spec.encoding, classes).class_indices(data)
+        if stored is not None:
+            name, indices = stored
+            outside = np.flatnonzero(((indices < 0) | (indices >= classes)).any(axis=-1))
             if len(outside):
                 return f"view {view} sample {first + int(outside[0])}: {name} outside 0..{classes - 1}"
         counts, draws = data.get("sample_counts"), self.spec.encoding.samples

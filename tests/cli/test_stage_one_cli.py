@@ -67,7 +67,7 @@ def test_dump_info_verify_end_to_end(run_console, run_cli, digits_args, tmp_path
     assert info.code == 0, info.err
     text = info.out
     for expected in (
-        "format v2", "status       complete", "teacher      resnet8", "test accuracy",
+        "format v3", "status       complete", "teacher      resnet8", "test accuracy",
         "dataset      digits [train]  1,438 samples, 10 classes",
         "views        2 augmented + clean view 0, seed 0, crop(8, pad=1)",
         "encoding     top-5 fp16; chunks of 256 samples",
@@ -84,8 +84,8 @@ def test_dump_info_verify_end_to_end(run_console, run_cli, digits_args, tmp_path
     assert d["compression_ratio"] == pytest.approx(d["raw_bytes"] / d["bytes_on_disk"])
     assert d["bytes_per_pair"] == pytest.approx(d["bytes_on_disk"] / d["pairs"])
     assert d["pairs"] == 3 * 1438 and d["compression_ratio"] > 0
-    assert d["spec"]["encoding"] == {"kind": "topk", "dtype": "fp16", "k": 5}
-    assert d["spec"]["dataset"]["num_samples"] == 1438 and d["spec"]["format_version"] == 2
+    assert d["spec"]["encoding"] == {"kind": "topk", "dtype": "fp16", "k": 5, "indices": "packed"}
+    assert d["spec"]["dataset"]["num_samples"] == 1438 and d["spec"]["format_version"] == 3
     assert d["provenance"]["complete"] is True and d["provenance"]["teacher_test_samples"] == 359
     assert d["clean"]["samples"] == 1438 and d["augmented"]["views"] == [1, 2]
     assert 0 <= d["augmented"]["misinstruction_rate"] <= 1 and d["augmented"]["ece"] >= 0
@@ -263,10 +263,10 @@ def test_missing_cache_for_info_and_verify(run_cli, tmp_path):
 
 
 # --------------------------------------------------------------------------- verify
-def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, reseal, tmp_path):
+def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, reseal, read_indices, tmp_path):
     path = copy_store(digits_cache, tmp_path / "c.zarr")
     group = zarr.open_group(str(path), mode="r+")
-    labels, indices = group["labels"][:], group["topk_indices"][1]
+    labels, indices = group["labels"][:], read_indices(path, "topk_indices")[1]
     # A sample whose second-ranked class is not its label (the label's fp32 logit would win).
     sample = int(np.flatnonzero(indices[:, 1] != labels)[100])
     gaps = group["topk_gaps"]  # from the top-1 logit: gaps[..., 0] is the second-ranked class's
@@ -282,13 +282,13 @@ def test_verify_names_a_tampered_logit(run_cli, digits_cache, copy_store, reseal
 
 def test_verify_reports_a_flipped_byte_and_repair_restores(run_cli, digits_cache, copy_store, digits_args, tmp_path):
     path = copy_store(digits_cache, tmp_path / "c.zarr")
-    chunk = path / "topk_indices" / "c" / "2" / "4" / "0"
+    chunk = path / "topk_indices_packed" / "c" / "2" / "4" / "0"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 3] ^= 0x08
     chunk.write_bytes(bytes(raw))
     result = run_cli(["verify", path, "--samples", "0"])
     assert result.code == 1
-    assert "FAIL topk_indices chunk topk_indices/c/2/4/0: does not decode" in result.err
+    assert "FAIL topk_indices_packed chunk topk_indices_packed/c/2/4/0: does not decode" in result.err
     repaired = run_cli(["verify", path, "--repair", "--samples", "0"])
     assert repaired.code == 1 and "FAIL repair: marked the damaged blocks for rewriting" in repaired.err
     again = run_cli(["dump", *digits_args, "--out", path])

@@ -20,7 +20,7 @@ import pytest
 import zarr
 
 from logitcache.errors import CacheCorrupt, CacheNotFound, LogitcacheError
-from logitcache.store.format import ATTR, FORMAT_VERSION, spec_digest
+from logitcache.store.format import ATTR, OLDEST_READABLE, spec_digest
 from logitcache.store.reader import CacheReader
 from logitcache.store.zarr_store import DONE, ZarrStore
 
@@ -35,13 +35,13 @@ LAYOUTS = {  # CLI options, and the same as make_cache fields (stores shared wit
 CASES = [
     ("topk-fp16", "flip", "topk_gaps", "c/1/1/0"),
     ("topk-fp16", "truncate", "lse", "c/2/3"),
-    ("topk-fp16", "empty", "topk_indices", "c/1/0/0"),
+    ("topk-fp16", "empty", "topk_indices_packed", "c/1/0/0"),
     ("topk-fp16", "delete", "target_logit", "c/2/2"),
     ("topk-fp16", "flip", "seeds", "c/1/2"),
     ("topk-q8-sharded", "flip", "topk_gaps", "c/1/1/0"),
     ("topk-q8-sharded", "truncate", "lse_gap", "c/2/0"),
     ("topk-q8-sharded", "empty", "target_gap", "c/1/3"),
-    ("topk-q8-sharded", "delete", "topk_indices", "c/2/1/0"),
+    ("topk-q8-sharded", "delete", "topk_indices_packed", "c/2/1/0"),
 ]
 
 
@@ -259,15 +259,18 @@ def test_labels_that_are_not_the_datasets_are_refused(damaged, run_cli, reseal, 
 
 
 @pytest.mark.parametrize("array", ["labels", "topk_indices"])
-def test_class_indices_out_of_range_are_refused_naming_the_pair(array, damaged, run_cli, reseal, tmp_path):
+def test_class_indices_out_of_range_are_refused_naming_the_pair(array, damaged, run_cli, reseal, read_indices,
+                                                               write_indices, tmp_path):
     """A label or stored class beyond the class count, with valid checksums and digests: refused
-    by the reader, naming the sample (and view), and by verify; never an IndexError."""
+    by the reader, naming the sample (and view), and by verify; never an IndexError. A packed
+    index of 10 classes has 4 bits, so 10..15 are storable and must be refused all the same."""
     _, path, _ = damaged("topk-fp16")
-    arr = zarr.open_group(str(path), mode="r+")[array]
     if array == "labels":
-        arr[37] = 10
+        zarr.open_group(str(path), mode="r+")[array][37] = 10
     else:
-        arr[1, 37, 2] = 200
+        row = read_indices(path, array)[1, 37]
+        row[2] = 15
+        write_indices(path, array, 1, 37, row)
     reseal(path)
     where = "sample 37 has label 10, outside 0..9" if array == "labels" else "view 1 sample 37: topk_indices outside 0..9"
     with pytest.raises(CacheCorrupt, match=where):
@@ -348,7 +351,7 @@ def test_edited_metadata_is_refused_in_one_line(edit, damaged, run_cli, tmp_path
 def test_a_store_of_the_previous_format_is_refused_and_replaced_by_overwrite(damaged, run_cli, assert_same_store,
                                                                           tmp_path):
     ref, path, dump_command = damaged("topk-fp16")
-    _edit_json(path / "zarr.json", lambda m: m["attributes"][ATTR]["spec"].update(format_version=FORMAT_VERSION - 1))
+    _edit_json(path / "zarr.json", lambda m: m["attributes"][ATTR]["spec"].update(format_version=OLDEST_READABLE - 1))
     for command in (["verify", path, "--samples", "0"], _train(path, tmp_path / "run"), dump_command):
         _one_error_line(run_cli(command), "made by an older logitcache", "re-dump it")
     again = run_cli([*dump_command, "--overwrite"])

@@ -10,6 +10,7 @@ has; q8 loses at most half of each of its documented steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from hypothesis import strategies as st
 
 from logitcache.errors import DataError, UnknownName
 from logitcache.store.encodings import get_encoding, list_encodings
-from logitcache.store.encodings._base import _ENCODINGS
+from logitcache.store.encodings._base import _ENCODINGS, index_bits, pack_indices, packed_width, unpack_indices
+from logitcache.store.encodings.sampled import count_draws, inverse_cdf, tempered_cdf
 from logitcache.store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
 from logitcache.store.format import EncodingInfo
 
@@ -54,8 +56,8 @@ def logit_batches(draw, *, max_classes: int = 300, max_abs: float = 1e4):
     return logits, labels, k
 
 
-def _topk(k: int, num_classes: int, dtype: str):
-    return get_encoding(EncodingInfo(kind="topk", dtype=dtype, k=k), num_classes)
+def _topk(k: int, num_classes: int, dtype: str, indices: str = "packed"):
+    return get_encoding(EncodingInfo(kind="topk", dtype=dtype, k=k, indices=indices), num_classes)
 
 
 def _round_trip(encoding, logits, labels):
@@ -82,26 +84,30 @@ def test_registry():
 
 
 @pytest.mark.parametrize(
-    ("num_classes", "index_dtype"), [(10, "uint8"), (256, "uint8"), (257, "int16"), (32768, "int16"), (32769, "int32")]
+    ("num_classes", "index_dtype", "bits"),
+    [(10, "uint8", 4), (256, "uint8", 8), (257, "int16", 9), (32000, "int16", 15), (32768, "int16", 15),
+     (32769, "int32", 16), (128000, "int32", 17)],
 )
-def test_fields_and_index_dtype(num_classes, index_dtype):
-    enc = _topk(5, num_classes, "fp16")
+@pytest.mark.parametrize("layout", ["packed", "int"])
+def test_fields_and_index_layout(num_classes, index_dtype, bits, layout):
+    """Format 3 packs k indices into ceil(k * bits / 8) bytes per row; "int" (format 2) keeps whole integers."""
+    idx = ("topk_indices_packed", (-(-5 * bits // 8),), "uint8") if layout == "packed" else ("topk_indices", (5,), index_dtype)
+    idx1 = ("topk_indices_packed", (-(-bits // 8),), "uint8") if layout == "packed" else ("topk_indices", (1,), index_dtype)
+    enc = _topk(5, num_classes, "fp16", layout)
     assert [(f.name, f.trailing, f.dtype) for f in enc.fields()] == [
-        ("topk_indices", (5,), index_dtype), ("top_logit", (), "float32"), ("topk_gaps", (4,), "float16"),
-        ("lse", (), "float32"), ("target_logit", (), "float32"),
-    ]
-    assert enc.raw_bytes_per_sample() == 4 * 2 + 5 * np.dtype(index_dtype).itemsize + 12
-    assert [f.name for f in _topk(1, num_classes, "bf16").fields()] == ["topk_indices", "top_logit", "lse", "target_logit"]
-    assert [(f.name, f.trailing, f.dtype) for f in _topk(5, num_classes, "fp32").fields()] == [
-        ("topk_values", (5,), "float32"), ("topk_indices", (5,), index_dtype), ("lse", (), "float32"),
+        idx, ("top_logit", (), "float32"), ("topk_gaps", (4,), "float16"), ("lse", (), "float32"),
         ("target_logit", (), "float32"),
     ]
-    q8 = _topk(5, num_classes, "q8")
-    assert [(f.name, f.trailing, f.dtype) for f in q8.fields()] == [
-        ("topk_indices", (5,), index_dtype), ("topk_gaps", (4,), "uint8"), ("lse_gap", (), "uint16"),
-        ("target_gap", (), "uint16"),
+    assert enc.raw_bytes_per_sample() == 4 * 2 + int(np.prod(idx[1])) * np.dtype(idx[2]).itemsize + 12
+    assert [(f.name, f.trailing, f.dtype) for f in _topk(1, num_classes, "bf16", layout).fields()] == [
+        idx1, ("top_logit", (), "float32"), ("lse", (), "float32"), ("target_logit", (), "float32")]
+    assert [(f.name, f.trailing, f.dtype) for f in _topk(5, num_classes, "fp32", layout).fields()] == [
+        ("topk_values", (5,), "float32"), idx, ("lse", (), "float32"), ("target_logit", (), "float32"),
     ]
-    assert [f.name for f in _topk(1, num_classes, "q8").fields()] == ["topk_indices", "lse_gap", "target_gap"]
+    q8 = _topk(5, num_classes, "q8", layout)
+    assert [(f.name, f.trailing, f.dtype) for f in q8.fields()] == [
+        idx, ("topk_gaps", (4,), "uint8"), ("lse_gap", (), "uint16"), ("target_gap", (), "uint16"),
+    ]
     full = get_encoding(EncodingInfo(kind="full", dtype="bf16"), num_classes)
     assert [(f.name, f.trailing, f.dtype) for f in full.fields()] == [
         ("top_logit", (), "float32"), ("logit_gaps", (num_classes,), "uint16")]
@@ -302,3 +308,67 @@ def test_q8_within_its_steps(case):
     known = view.topk_indices
     lp_err = (view.log_probs().double().gather(1, known) - torch.log_softmax(z, dim=1).gather(1, known)).abs()
     assert (lp_err[~clipped] <= GAP_STEP + LSE_STEP / 2 + 1e-5 + 2 * noise).all()
+
+
+# --------------------------------------------------------------------------- packed class indices
+# Every width from 1 to 20 bits, at its edges: C = 2**b needs b bits, C = 2**b + 1 needs b + 1.
+EDGE_CLASSES = sorted({c for b in range(1, 21) for c in (2**b - 1, 2**b, 2**b + 1) if 2 <= c <= 2**20})
+
+
+@st.composite
+def index_batches(draw):
+    num_classes = draw(st.one_of(st.sampled_from(EDGE_CLASSES), st.integers(2, 2**20)))
+    count = draw(st.integers(1, 70))
+    lead = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    values = rng.integers(0, num_classes, (*lead, count))
+    edge = draw(st.sampled_from(["random", "max", "zero", "alternate"]))  # all bits set, none, and both
+    if edge == "max":
+        values[:] = num_classes - 1
+    elif edge == "zero":
+        values[:] = 0
+    elif edge == "alternate":
+        values[..., ::2] = num_classes - 1
+    return values, num_classes
+
+
+@PROPERTY
+@given(index_batches())
+def test_packed_indices_round_trip_exactly_in_ceil_log2_bits(case):
+    values, num_classes = case
+    bits = index_bits(num_classes)
+    assert bits == max(1, math.ceil(math.log2(num_classes)))
+    packed = pack_indices(values, num_classes)
+    count = values.shape[-1]
+    assert packed.dtype == np.uint8 and packed.shape == (*values.shape[:-1], -(-count * bits // 8))
+    assert packed.shape[-1] == packed_width(count, num_classes)
+    back = unpack_indices(packed, count, num_classes)
+    assert back.dtype == np.int64 and np.array_equal(back, values)
+    # The documented layout: bit i of index j is bit j * bits + i of the row, read little-endian;
+    # the last byte's unused bits are 0.
+    for row, row_values in zip(packed.reshape(-1, packed.shape[-1]), values.reshape(-1, count)):
+        assert int.from_bytes(row.tobytes(), "little") == sum(int(v) << (j * bits) for j, v in enumerate(row_values))
+
+
+@settings(PROPERTY, max_examples=40)  # (B, up to 2**20) logits: the index round trip above takes the many examples
+@given(num_classes=st.one_of(st.sampled_from([c for c in EDGE_CLASSES if c >= 3]), st.integers(3, 2**20)),
+       batch=st.integers(1, 3), seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["packed", "int"]),
+       dtype=st.sampled_from(["fp16", "q8"]))
+def test_topk_and_sampled_classes_survive_encoding_at_any_vocabulary(num_classes, batch, seed, layout, dtype):
+    """Up to 2**20 classes (a 128k LM vocabulary and beyond): the decoded classes are the teacher's
+    top-k, and the sampled ones are the drawn ones, in both index layouts."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, min(num_classes, 70)))
+    z = torch.from_numpy(rng.standard_normal((batch, num_classes)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, num_classes, batch))
+    encoding = _topk(k, num_classes, dtype, layout)
+    arrays = encoding.encode(z, labels)
+    for f in encoding.fields():
+        assert arrays[f.name].dtype == np.dtype(f.dtype) and arrays[f.name].shape == (batch, *f.trailing)
+    assert torch.equal(encoding.decode(arrays, labels).topk_indices, torch.topk(z, k, dim=1).indices)
+    sampled = get_encoding(EncodingInfo(kind="sampled", dtype="fp32", samples=k, temperature=1.0, indices=layout),
+                           num_classes)
+    seeds = rng.integers(0, 2**32, batch, dtype=np.uint32)
+    view = sampled.decode(sampled.encode_pairs(z, labels, seeds), labels)
+    indices, counts = count_draws(inverse_cdf(tempered_cdf(z, 1.0), sampled.uniforms(seeds, "cpu")), sampled.slots)
+    assert torch.equal(view.sample_indices, indices) and torch.equal(view.sample_counts, counts)

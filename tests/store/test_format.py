@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logitcache.errors import BadInput, CacheMismatch
+from logitcache.errors import BadInput, CacheMismatch, CacheOutdated
 from logitcache.store.format import (
     _JSON_TYPES,
     _PARTS,
@@ -48,8 +48,10 @@ def specs(draw) -> CacheSpec:
         EncodingInfo(kind="full", dtype=draw(st.sampled_from(["fp32", "fp16", "bf16"])))
         if kind == "full"
         else EncodingInfo(kind="topk", dtype=draw(st.sampled_from(["fp32", "fp16", "bf16", "q8"])),
-                          k=draw(st.integers(1, classes - 1)))
+                          k=draw(st.integers(1, classes - 1)), indices=draw(st.sampled_from(["packed", "int"])))
     )
+    # Format 2 stores (still read) have whole-integer indices, and so does a full encoding's spec of either.
+    version = draw(st.sampled_from([2, FORMAT_VERSION])) if encoding.indices == "int" or kind == "full" else FORMAT_VERSION
     aug = draw(st.sampled_from([
         ViewSpec(kind="crop", size=32, padding=4), ViewSpec(kind="resized_crop", size=224, scale=(0.2, 1.0), flip=False),
     ]))
@@ -66,6 +68,7 @@ def specs(draw) -> CacheSpec:
                                     CodecInfo(cname="lz4", clevel=3, shuffle="bitshuffle")])),
         layout=Layout(chunk_samples=draw(st.integers(1, 10**5)), shard_chunks=draw(st.integers(0, 64))),
         batch_size=draw(st.integers(1, 4096)),
+        format_version=version,
     )
 
 
@@ -95,6 +98,25 @@ def test_newer_format_is_refused_with_the_fix():
         CacheSpec.from_json(d)
     d["format_version"] = "1"
     with pytest.raises(CacheMismatch):
+        CacheSpec.from_json(d)
+
+
+def test_a_format_2_spec_is_read_with_whole_integer_indices():
+    """Format 2 wrote no ``encoding.indices``: its JSON (and so its spec_sha256) is as it was, and it
+    reads as ``indices="int"``, the layout of its arrays; a format-2 spec claiming packed is refused."""
+    v2 = _spec(format_version=2, encoding=EncodingInfo(kind="topk", dtype="fp16", k=5, indices="int"))
+    d = v2.to_json()
+    assert d["format_version"] == 2 and d["encoding"] == {"kind": "topk", "dtype": "fp16", "k": 5}
+    assert CacheSpec.from_json(d) == v2
+    assert _spec().to_json()["encoding"] == {"kind": "topk", "dtype": "fp16", "k": 5, "indices": "packed"}
+    assert "indices" not in _spec(encoding=EncodingInfo(kind="full", dtype="fp16")).to_json()["encoding"]
+    with pytest.raises(BadInput, match="format 2 keeps whole-integer class indices"):
+        _spec(format_version=2)
+    d["encoding"]["indices"] = "packed"
+    with pytest.raises(CacheMismatch, match="malformed"):
+        CacheSpec.from_json(d)
+    d["format_version"] = 1
+    with pytest.raises(CacheOutdated, match="reads 2 to 3.*re-dump it"):
         CacheSpec.from_json(d)
 
 
@@ -128,6 +150,7 @@ def test_spec_validation(change, message):
         (lambda: EncodingInfo(kind="full", dtype="q8"), "full stores fp32, fp16, bf16"),
         (lambda: EncodingInfo(kind="full", dtype="fp16", k=3), "no k"),
         (lambda: EncodingInfo(kind="topk", dtype="fp16", k=0), "k >= 1"),
+        (lambda: EncodingInfo(kind="topk", dtype="fp16", k=3, indices="bits"), "unknown index layout 'bits': use packed, int"),
         (lambda: EncodingInfo(kind="sparse", dtype="fp16"), "unknown encoding"),
         (lambda: TeacherInfo(name="x", weights_sha256="abc", num_classes=10), "sha256"),
         (lambda: DatasetInfo(name="x", split="train", num_samples=0, num_classes=10, fingerprint=""), "num_samples"),

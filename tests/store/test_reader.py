@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +16,12 @@ from hypothesis import strategies as st
 from logitcache.datasets import open_dataset
 from logitcache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch
 from logitcache.store.encodings import get_encoding
+from logitcache.store.encodings._base import index_dtype
 from logitcache.store.format import Provenance
 from logitcache.store.reader import CacheReader, check_matches
 from logitcache.store.zarr_store import ZarrStore
 from logitcache.teacher_view import TeacherView
+from logitcache.verify import verify
 from logitcache.views import view_seeds
 
 SYNTHETIC = "synthetic:n=64,size=8"
@@ -202,3 +208,42 @@ def test_check_matches_refuses_a_cache_of_other_data(digits_cache):
     text = str(err.value)
     assert "(digits, train)" in text and f"({SYNTHETIC}, train)" in text
     assert "number of samples: cache has 1438, training data has 64" in text and "dataset fingerprint" in text
+
+
+def _as_format_2(path, read_indices, reseal) -> None:
+    """Rewrite a store as format 2 wrote it: class indices as whole integers in ``topk_indices`` /
+    ``sample_indices``, a spec of format 2 without ``indices``, digests over those arrays."""
+    store = ZarrStore.open(path, read_only=False)
+    spec, classes = store.spec, store.spec.dataset.num_classes
+    name = "topk_indices" if spec.encoding.kind == "topk" else "sample_indices"
+    values, packed = read_indices(path, name), store.block_names()[1]
+    store.spec = dataclasses.replace(spec, format_version=2, encoding=dataclasses.replace(spec.encoding, indices="int"))
+    store.set_provenance(store.provenance)  # writes the spec with the provenance
+    store.ensure_arrays(get_encoding(store.spec.encoding, classes).fields())
+    store.array(name)[:] = values.astype(index_dtype(classes))
+    shutil.rmtree(path / packed)
+    reseal(path)
+
+
+@pytest.mark.parametrize("variant", ["digits-topk5-fp16", "synthetic-sampled6"])
+def test_a_store_of_format_2_reads_as_it_was_written(variant, make_cache, copy_store, read_indices, reseal, tmp_path):
+    """Format 3 packs class indices; a format-2 store (whole integers) is still read, pair for pair
+    the same teacher information, and verifies."""
+    fields = VARIANTS.get(variant) if variant in VARIANTS else dict(
+        dataset=SYNTHETIC, encoding="sampled", topk=None, samples=6, sample_temperature=2.0, chunk_samples=16)
+    src = make_cache(**fields)
+    path = copy_store(src, tmp_path / "v2.zarr")
+    _as_format_2(path, read_indices, reseal)
+    meta = json.loads((path / "zarr.json").read_text())["attributes"]["logitcache"]["spec"]
+    assert meta["format_version"] == 2 and "indices" not in meta["encoding"]
+    assert ZarrStore.open(path).spec.encoding.indices == "int"
+    new, old = CacheReader(src), CacheReader(path)
+    try:
+        views, samples = _pairs(new.spec, 0, 500)
+        a, b = new.read(views, samples), old.read(views, samples)
+        for name in (*TENSORS, "sample_indices", "sample_counts", "sample_draws"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None) and (x is None or torch.equal(torch.as_tensor(x), torch.as_tensor(y))), name
+    finally:
+        new.close(), old.close()
+    assert verify(path, samples=0).ok

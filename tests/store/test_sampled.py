@@ -173,14 +173,14 @@ def test_stored_layout_and_exact_scalars(num_classes, batch, draws, seed):
     arrays = encoding.encode_pairs(z, y, rng.integers(0, 2**32, batch, dtype=np.uint32))
     slots = min(draws, num_classes)
     assert {f.name: (f.trailing, f.dtype) for f in encoding.fields()} == {
-        "sample_indices": ((slots,), "uint8" if num_classes <= 256 else "int16"),
+        "sample_indices_packed": ((-(-slots * max(1, (num_classes - 1).bit_length()) // 8),), "uint8"),
         "sample_counts": ((slots,), "uint8" if draws <= 255 else "uint16"),
         "lse": ((), "float32"),
         "target_logit": ((), "float32"),
     }
     for f in encoding.fields():
         assert arrays[f.name].dtype == np.dtype(f.dtype) and arrays[f.name].shape == (batch, *f.trailing)
-    idx, cnt = arrays["sample_indices"].astype(np.int64), arrays["sample_counts"].astype(np.int64)
+    idx, cnt = encoding.load_indices(arrays, "sample_indices", slots), arrays["sample_counts"].astype(np.int64)
     assert (cnt.sum(axis=1) == draws).all()
     for row_idx, row_cnt in zip(idx, cnt):
         used = row_cnt > 0
@@ -227,7 +227,8 @@ def test_a_zero_probability_class_is_never_drawn():
     assert set(classes.unique().tolist()) == {0, 2}
 
 
-def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_store, reseal, tmp_path):
+def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_store, reseal, read_indices, write_indices,
+                                                              tmp_path):
     cache = make_cache(**SYNTHETIC_SAMPLED)
     report = verify(cache, samples=10_000, random_init=True, device="cpu")
     assert report.ok, report.problems
@@ -235,10 +236,10 @@ def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_s
 
     path = copy_store(cache, tmp_path / "c.zarr")
     group = zarr.open_group(str(path), mode="r+")
-    idx, cnt = group["sample_indices"][2, 41], group["sample_counts"][2, 41]
+    idx, cnt = read_indices(path, "sample_indices")[2, 41], group["sample_counts"][2, 41]
     unused = sorted(set(range(10)) - set(idx[cnt > 0].tolist()))
     idx[0] = unused[len(unused) // 2]  # slot 0's draws now name a class they did not come from
-    group["sample_indices"][2, 41] = idx
+    write_indices(path, "sample_indices", 2, 41, idx)
     reseal(path)  # as if the dump had drawn it: only the replay can tell
     assert ZarrStore.open(path).check_chunks() == []
     report = verify(path, samples=10_000, random_init=True, device="cpu")
@@ -250,14 +251,18 @@ def test_a_sampled_store_verifies_and_a_changed_draw_is_found(make_cache, copy_s
     ("sample_indices", 10, "view 1 sample 5: sample_indices outside 0..9"),
     ("sample_counts", 0, "view 1 sample 5: sample_counts do not add up to 6 draws"),
 ])
-def test_impossible_draws_are_refused_even_when_sealed(make_cache, copy_store, reseal, tmp_path, field, value, message):
+def test_impossible_draws_are_refused_even_when_sealed(make_cache, copy_store, reseal, read_indices, write_indices, tmp_path,
+                                                       field, value, message):
     """A class beyond C, or counts that are not N draws, cannot come from any teacher: the block
     check names the pair in verify and in the reader (before the rows are used), digests or not."""
     path = copy_store(make_cache(**SYNTHETIC_SAMPLED), tmp_path / "c.zarr")
     group = zarr.open_group(str(path), mode="r+")
-    row = group[field][1, 5]
-    row[0] = value
-    group[field][1, 5] = row
+    row = read_indices(path, field)[1, 5] if field == "sample_indices" else group[field][1, 5]
+    row[0] = value  # 10 fits the 4 bits that 10 classes pack an index into
+    if field == "sample_indices":
+        write_indices(path, field, 1, 5, row)
+    else:
+        group[field][1, 5] = row
     reseal(path)
     assert any(message in str(p) for p in ZarrStore.open(path).check_chunks())
     assert any(message in p for p in verify(path, samples=0).problems)

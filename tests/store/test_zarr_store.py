@@ -12,6 +12,7 @@ from logitcache.errors import CacheBusy, CacheCorrupt, CacheMismatch, CacheNotFo
 from logitcache.store.encodings import get_encoding
 from logitcache.store.format import (
     ATTR,
+    FORMAT_VERSION,
     spec_digest,
     CacheSpec,
     CodecInfo,
@@ -50,9 +51,14 @@ def _fill(store: ZarrStore, seed: int = 0) -> dict[str, np.ndarray]:
     spec = store.spec
     n, layout = spec.dataset.num_samples, spec.layout
     written = {}
+    encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
     for name in store.block_names():
         arr = store.array(name)
-        data = rng.integers(0, spec.dataset.num_classes if name == "topk_indices" else 200, arr.shape).astype(arr.dtype)
+        if name == "topk_indices_packed":  # classes in range, as the encoding packs them
+            classes = rng.integers(0, spec.dataset.num_classes, (*arr.shape[:2], spec.encoding.k))
+            data = encoding.store_indices("topk_indices", classes.reshape(-1, spec.encoding.k))[name].reshape(arr.shape)
+        else:
+            data = rng.integers(0, 200, arr.shape).astype(arr.dtype)
         written[name] = data
     store.write_labels(rng.integers(0, spec.dataset.num_classes, n))
     for v in range(spec.views.total):
@@ -67,10 +73,10 @@ def _fill(store: ZarrStore, seed: int = 0) -> dict[str, np.ndarray]:
     ("encoding", "arrays"),
     [
         (EncodingInfo(kind="topk", dtype="fp16", k=3),
-         {"topk_indices": ((3,), "uint8"), "top_logit": ((), "float32"), "topk_gaps": ((2,), "float16"),
+         {"topk_indices_packed": ((2,), "uint8"), "top_logit": ((), "float32"), "topk_gaps": ((2,), "float16"),
           "lse": ((), "float32"), "target_logit": ((), "float32")}),
         (EncodingInfo(kind="topk", dtype="q8", k=3),
-         {"topk_indices": ((3,), "uint8"), "topk_gaps": ((2,), "uint8"), "lse_gap": ((), "uint16"),
+         {"topk_indices_packed": ((2,), "uint8"), "topk_gaps": ((2,), "uint8"), "lse_gap": ((), "uint16"),
           "target_gap": ((), "uint16")}),
         (EncodingInfo(kind="full", dtype="bf16"), {"top_logit": ((), "float32"), "logit_gaps": ((10,), "uint16")}),
     ],
@@ -87,7 +93,7 @@ def test_created_layout(tmp_path, encoding, arrays):
     for name, (trailing, dtype) in arrays.items():
         arr = store.array(name)
         assert (arr.shape, arr.dtype, arr.chunks, arr.shards) == ((3, 300, *trailing), np.dtype(dtype), (1, 64, *trailing), None)
-    meta = json.loads((tmp_path / "c.zarr" / "topk_indices" / "zarr.json").read_text()) if encoding.kind == "topk" else \
+    meta = json.loads((tmp_path / "c.zarr" / "topk_indices_packed" / "zarr.json").read_text()) if encoding.kind == "topk" else \
         json.loads((tmp_path / "c.zarr" / "logit_gaps" / "zarr.json").read_text())
     assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
     assert meta["fill_value"] == 0
@@ -155,9 +161,9 @@ def test_newer_format_version_is_refused_on_open(tmp_path):
     _create(tmp_path / "c.zarr", _spec())
     meta_path = tmp_path / "c.zarr" / "zarr.json"
     meta = json.loads(meta_path.read_text())
-    meta["attributes"][ATTR]["spec"]["format_version"] = 3
+    meta["attributes"][ATTR]["spec"]["format_version"] = FORMAT_VERSION + 1
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(CacheMismatch, match="format version 3 is newer"):
+    with pytest.raises(CacheMismatch, match=f"format version {FORMAT_VERSION + 1} is newer"):
         ZarrStore.open(tmp_path / "c.zarr")
 
 
@@ -194,7 +200,7 @@ def test_all_zero_blocks_are_written_after_reopening(tmp_path, shard):
         for b in range(layout.num_blocks(n)):
             rows = layout.block_range(b, n)
             zeros = {name: np.zeros((len(rows), *store.array(name).shape[2:]), store.array(name).dtype)
-                     for name in ("seeds", "topk_values", "topk_indices", "lse", "target_logit")}
+                     for name in ("seeds", "topk_values", "topk_indices_packed", "lse", "target_logit")}
             store.write_block(v, rows, zeros)
             store.mark(v, b, DONE)
     assert ZarrStore.open(tmp_path / "c.zarr").check_chunks() == []

@@ -50,6 +50,31 @@ class Encoding:
         """Rows of every field (B, ...) and their labels -> a CPU TeacherView."""
         raise NotImplementedError
 
+    def class_indices(self, arrays: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
+        """The name (``topk_indices``, ``sample_indices``: whatever their layout) and (B, slots) int64
+        values of the stored class indices, for range checks; None for an encoding that stores none."""
+        return None
+
+    # Class indices, in the layout the spec records (``EncodingInfo.indices``): one place for
+    # top-k and sampled, so that the two never lay them out differently.
+    def index_field(self, name: str, count: int) -> Field:
+        if self.info.indices == "int":
+            return Field(name, (count,), index_dtype(self.num_classes))
+        return Field(f"{name}_packed", (packed_width(count, self.num_classes),), "uint8")
+
+    def store_indices(self, name: str, indices: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """(B, count) class indices -> the one stored array of ``index_field(name, count)``."""
+        a = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices)
+        if self.info.indices == "int":
+            return {name: a.astype(index_dtype(self.num_classes))}
+        return {f"{name}_packed": pack_indices(a, self.num_classes)}
+
+    def load_indices(self, arrays: Mapping[str, np.ndarray | Tensor], name: str, count: int) -> np.ndarray:
+        """Inverse of :meth:`store_indices`: (B, count) int64."""
+        if self.info.indices == "int":
+            return np.asarray(arrays[name]).astype(np.int64)
+        return unpack_indices(np.asarray(arrays[f"{name}_packed"]), count, self.num_classes)
+
     def raw_bytes_per_sample(self) -> int:
         return sum(int(np.prod(f.trailing, dtype=np.int64)) * np.dtype(f.dtype).itemsize for f in self.fields())
 
@@ -101,5 +126,53 @@ STORED_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "uint16"}
 
 
 def index_dtype(num_classes: int) -> str:
-    """The narrowest integer type that holds a class index."""
+    """The narrowest integer type that holds a class index (format 2's layout, ``indices="int"``)."""
     return "uint8" if num_classes <= 256 else "int16" if num_classes <= 32768 else "int32"
+
+
+MAX_INDEX_BITS = 56  # an index plus its bit offset (< 8) within the 8 bytes unpack_indices reads at once
+
+
+def index_bits(num_classes: int) -> int:
+    """Bits of one packed class index: ceil(log2(C)), at least 1 (15 at C = 32,000; 17 at 128,000)."""
+    return max(1, (num_classes - 1).bit_length())
+
+
+def packed_width(count: int, num_classes: int) -> int:
+    """Bytes per row of ``count`` packed indices: ceil(count * bits / 8)."""
+    return -(-count * index_bits(num_classes) // 8)
+
+
+def pack_indices(indices: np.ndarray, num_classes: int) -> np.ndarray:
+    """(..., count) integers in 0..C-1 -> (..., packed_width) uint8.
+
+    Little-endian within each row: bit i of index j is bit ``j * bits + i`` of the row, and bit p of
+    the row is bit ``p % 8`` of byte ``p // 8``; the last byte's unused high bits are 0.
+    """
+    bits = index_bits(num_classes)
+    if bits > MAX_INDEX_BITS:
+        raise ValueError(f"{num_classes} classes need {bits}-bit indices; at most {MAX_INDEX_BITS} are packed")
+    a = np.asarray(indices)
+    lead, count = a.shape[:-1], a.shape[-1]
+    flat = a.reshape(-1, count).astype(np.uint64)
+    planes = ((flat[:, :, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    packed = np.packbits(planes.reshape(len(flat), count * bits), axis=1, bitorder="little")
+    return packed.reshape(*lead, packed.shape[-1])
+
+
+def unpack_indices(packed: np.ndarray, count: int, num_classes: int) -> np.ndarray:
+    """Inverse of :func:`pack_indices`: (..., packed_width) uint8 -> (..., count) int64.
+
+    Each index is read with one 8-byte little-endian load at its first byte, a shift and a mask,
+    vectorised over rows and indices (no per-bit work).
+    """
+    bits = index_bits(num_classes)
+    p = np.asarray(packed, dtype=np.uint8)
+    lead, width = p.shape[:-1], p.shape[-1]
+    flat = p.reshape(-1, width)
+    padded = np.zeros((len(flat), width + 8), dtype=np.uint8)  # the last load may run past the row
+    padded[:, :width] = flat
+    start = np.arange(count, dtype=np.int64) * bits
+    words = np.ascontiguousarray(padded[:, (start // 8)[:, None] + np.arange(8)]).view("<u8")[..., 0]  # (n, count)
+    out = (words >> (start % 8).astype(np.uint64)) & np.uint64((1 << bits) - 1)
+    return out.astype(np.int64).reshape(*lead, count)

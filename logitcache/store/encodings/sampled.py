@@ -5,9 +5,10 @@ unbiased estimate of ``softmax(z / T)``, so a KD loss that is linear in the teac
 distribution has, in expectation over the draws, exactly the full-logit gradient, at top-k's
 size. Top-k is biased: whatever is done with the mass it does not store distorts the target.
 
-Stored per (view, sample): ``sample_indices`` and ``sample_counts`` in ``min(N, C)`` slots, the
-distinct drawn classes in increasing order with how often each was drawn, empty slots last as
-index 0 with count 0; ``lse`` (logsumexp of the logits at T = 1) and ``target_logit`` (fp32), so
+Stored per (view, sample): the sample indices (``sample_indices_packed``, ceil(log2 C) bits each
+as top-k's, or ``sample_indices`` in whole integers in a store of format 2) and ``sample_counts``
+in ``min(N, C)`` slots, the distinct drawn classes in increasing order with how often each was
+drawn, empty slots last as index 0 with count 0; ``lse`` (logsumexp of the logits at T = 1) and ``target_logit`` (fp32), so
 the true class's probability is exact as in the other encodings.
 
 The draws are reproducible from the stored view seed alone, on any device and in any batch:
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ...teacher_view import TeacherView
 from ..._seeds import _hash
-from ._base import Encoding, Field, index_dtype, register_encoding
+from ._base import Encoding, Field, register_encoding
 
 DRAW_STREAM = 0x5A4D  # hash word that separates the draws' uniforms from the augmentation's streams
 _UNIFORM_BITS = 24  # fp32 holds every multiple of 2**-24 in [0, 1) exactly
@@ -112,7 +113,7 @@ class SampledEncoding(Encoding):
 
     def fields(self) -> list[Field]:
         return [
-            Field("sample_indices", (self.slots,), index_dtype(self.num_classes)),
+            self.index_field("sample_indices", self.slots),
             Field("sample_counts", (self.slots,), "uint8" if self.draws <= 255 else "uint16"),
             Field("lse", (), "float32"),
             Field("target_logit", (), "float32"),
@@ -131,15 +132,18 @@ class SampledEncoding(Encoding):
         fields = {f.name: f.dtype for f in self.fields()}
         cpu = logits.float().cpu()  # the scalars on the CPU, as the other encodings compute them
         return {
-            "sample_indices": indices.cpu().numpy().astype(fields["sample_indices"]),
+            **self.store_indices("sample_indices", indices),
             "sample_counts": counts.cpu().numpy().astype(fields["sample_counts"]),
             "lse": torch.logsumexp(cpu, dim=1).numpy(),
             "target_logit": cpu.gather(1, labels.long()[:, None])[:, 0].numpy(),
         }
 
+    def class_indices(self, arrays: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray]:
+        return "sample_indices", self.load_indices(arrays, "sample_indices", self.slots)
+
     def decode(self, arrays: Mapping[str, np.ndarray | Tensor], labels: np.ndarray | Tensor) -> TeacherView:
         return TeacherView.from_sampled(
-            torch.as_tensor(np.asarray(arrays["sample_indices"]).astype(np.int64)),
+            torch.from_numpy(self.load_indices(arrays, "sample_indices", self.slots)),
             torch.as_tensor(np.asarray(arrays["sample_counts"]).astype(np.int64)),
             self.draws,
             self.info.temperature,

@@ -1,9 +1,11 @@
 """Top-k encoding: the k largest logits, their classes, and two scalars per (view, sample).
 
-Stored per view: ``topk_values`` (descending) and ``topk_indices``, ``lse`` (logsumexp over all
+Stored per view: ``topk_values`` (descending) and their classes, ``lse`` (logsumexp over all
 C logits) and ``target_logit`` (the true class's logit, which may not be among the k). From
 these the exact teacher probabilities of the stored classes and of the true class are
-``exp(z - lse)``; ``TeacherView`` rebuilds the rest.
+``exp(z - lse)``; ``TeacherView`` rebuilds the rest. The classes are ``topk_indices_packed``
+(k indices of ceil(log2 C) bits per row, see :func:`~._base.pack_indices`), or ``topk_indices``
+in whole integers in a store of format 2 (``indices="int"``).
 
 fp32 stores the values as they are (``topk_values``, lossless). fp16 and bf16 store the top-1
 logit ``top_logit`` in fp32 and ``topk_gaps`` (k-1 values ``z_1 - z_j`` >= 0 in the dtype,
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ...teacher_view import TeacherView
-from ._base import STORED_DTYPE, Encoding, Field, from_stored, index_dtype, register_encoding, to_stored
+from ._base import STORED_DTYPE, Encoding, Field, from_stored, register_encoding, to_stored
 
 GAP_STEP = 1 / 16
 LSE_STEP = 2.0**-12
@@ -48,7 +50,7 @@ class TopKEncoding(Encoding):
         return self.info.k
 
     def fields(self) -> list[Field]:
-        idx = Field("topk_indices", (self.k,), index_dtype(self.num_classes))
+        idx = self.index_field("topk_indices", self.k)
         dtype = self.info.dtype
         gaps = [Field("topk_gaps", (self.k - 1,), "uint8" if dtype == "q8" else STORED_DTYPE[dtype])] if self.k > 1 else []
         scalars = [Field("lse", (), "float32"), Field("target_logit", (), "float32")]
@@ -66,7 +68,7 @@ class TopKEncoding(Encoding):
         target = logits.gather(1, labels.long()[:, None])[:, 0]
         top = values[:, 0]
         gaps = top[:, None] - values[:, 1:]
-        out = {"topk_indices": indices.numpy().astype(index_dtype(self.num_classes))}
+        out = self.store_indices("topk_indices", indices)
         if dtype == "fp32":
             out["topk_values"] = values.numpy()
         elif dtype != "q8":
@@ -84,10 +86,13 @@ class TopKEncoding(Encoding):
         out["target_gap"] = torch.where(in_topk, TARGET_IN_TOPK, gap).to(torch.int32).numpy().astype(np.uint16)
         return out
 
+    def class_indices(self, arrays: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray]:
+        return "topk_indices", self.load_indices(arrays, "topk_indices", self.k)
+
     def decode(self, arrays: Mapping[str, np.ndarray | Tensor], labels: np.ndarray | Tensor) -> TeacherView:
         labels = torch.as_tensor(labels).long()
         dtype = self.info.dtype
-        indices = torch.as_tensor(np.asarray(arrays["topk_indices"]).astype(np.int64))
+        indices = torch.from_numpy(self.load_indices(arrays, "topk_indices", self.k))
         if dtype == "fp32":
             values = torch.as_tensor(arrays["topk_values"]).float()
         else:  # the top-1 logit minus the stored gaps; q8's top-1 is 0
