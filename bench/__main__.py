@@ -3,6 +3,7 @@
     .venv/bin/python -m bench            # all of them (~10-15 min on 2 CPU cores)
     .venv/bin/python -m bench --quick    # smoke run (~3 min), written to $TMPDIR/logitcache-bench-quick.md
     .venv/bin/python -m bench --only storage read_speed
+    .venv/bin/python -m bench --only lm_storage --update   # re-run sections, keep the others in RESULTS.md
 
 Scratch stores go to a temporary folder (``--workdir`` to keep them).
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 from ._common import Ctx, Section, machine_info, table
 
 # Order matters: read_speed compares with the student rate that train_step measures.
-BENCHMARKS = ("train_step", "dump_cost", "read_speed", "storage", "scaling", "scale_out", "augment", "sampled", "folder")
+BENCHMARKS = ("train_step", "dump_cost", "read_speed", "storage", "scaling", "scale_out", "augment", "sampled", "folder",
+              "lm_storage")
 HERE = Path(__file__).parent
 
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=(
         "markdown output (default bench/RESULTS.md; with --quick a file in the temporary folder, so that a smoke "
         "run never replaces the published results)"))
+    parser.add_argument("--update", action="store_true", help=(
+        "with --only: replace just those sections in the existing output (each keeps its own run's machine "
+        "line), leaving the other sections as they were measured"))
     parser.add_argument("--workdir", type=Path, help="keep scratch stores here instead of a temporary folder")
     parser.add_argument("--threads", type=int, default=1, help=(
         "torch intra-op threads (default 1: on a shared 2-core machine, OpenMP threads spin-waiting for a "
@@ -84,11 +89,33 @@ def main(argv: list[str] | None = None) -> int:
               + [["mode", "quick (smoke run)" if args.quick else "full"], ["device (1., 2.)", str(ctx.device)],
                  ["total time", f"{total:.0f} s"]]),
     ]
+    if args.update and out.exists():
+        out.write_text(_updated(out.read_text(), sections, command, info))
+        print(f"\nupdated {len(sections)} section(s) of {out} in {total:.0f} s")
+        return 0
     for s in sections:
         parts += [f"## {s.title}", s.body, f"_({s.seconds:.0f} s)_"]
     out.write_text("\n\n".join(parts) + "\n")
     print(f"\nwrote {out} in {total:.0f} s")
     return 0
+
+
+def _updated(text: str, sections: list[Section], command: str, info: dict[str, str]) -> str:
+    """``text`` (a RESULTS.md) with each of ``sections`` replacing the section of the same number
+    (the title up to its first space), or appended; each says which run measured it."""
+    chunks = text.split("\n## ")
+    head, rest = chunks[0], chunks[1:]
+    for s in sections:
+        note = (f"_Measured by `{command}` on {info['date']} (logitcache {info['logitcache']}, load average at start "
+                f"{info['load average at start']}), apart from the run above; ({s.seconds:.0f} s)_")
+        new = f"{s.title}\n\n{s.body}\n\n{note}\n"
+        number = s.title.split(" ")[0]
+        at = [i for i, c in enumerate(rest) if c.split(" ")[0] == number]
+        if at:
+            rest[at[0]] = new
+        else:
+            rest.append(new)
+    return "\n## ".join([head, *(c.rstrip("\n") + "\n" for c in rest)]).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

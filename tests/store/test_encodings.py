@@ -317,7 +317,9 @@ EDGE_CLASSES = sorted({c for b in range(1, 21) for c in (2**b - 1, 2**b, 2**b + 
 
 @st.composite
 def index_batches(draw):
-    num_classes = draw(st.one_of(st.sampled_from(EDGE_CLASSES), st.integers(2, 2**20)))
+    # and beyond any vocabulary: where the reader switches from 4-byte to 8-byte loads (26 bits), and the widest
+    num_classes = draw(st.one_of(st.sampled_from(EDGE_CLASSES), st.integers(2, 2**20),
+                                 st.sampled_from([2**25, 2**25 + 1, 2**40 + 3, 2**56])))
     count = draw(st.integers(1, 70))
     lead = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))

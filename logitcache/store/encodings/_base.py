@@ -130,7 +130,7 @@ def index_dtype(num_classes: int) -> str:
     return "uint8" if num_classes <= 256 else "int16" if num_classes <= 32768 else "int32"
 
 
-MAX_INDEX_BITS = 56  # an index plus its bit offset (< 8) within the 8 bytes unpack_indices reads at once
+MAX_INDEX_BITS = 56  # an index plus its bit offset (< 8) within the 8 bytes unpack_indices reads at most
 
 
 def index_bits(num_classes: int) -> int:
@@ -163,16 +163,18 @@ def pack_indices(indices: np.ndarray, num_classes: int) -> np.ndarray:
 def unpack_indices(packed: np.ndarray, count: int, num_classes: int) -> np.ndarray:
     """Inverse of :func:`pack_indices`: (..., packed_width) uint8 -> (..., count) int64.
 
-    Each index is read with one 8-byte little-endian load at its first byte, a shift and a mask,
-    vectorised over rows and indices (no per-bit work).
+    Each index is read with one little-endian load at its first byte (4 bytes while an index and
+    its bit offset fit in 32 bits, i.e. up to 25-bit indices, 2**25 classes; else 8), a shift and
+    a mask, vectorised over rows and indices (no per-bit work).
     """
     bits = index_bits(num_classes)
+    size, word = (4, np.uint32) if bits <= 25 else (8, np.uint64)
     p = np.asarray(packed, dtype=np.uint8)
     lead, width = p.shape[:-1], p.shape[-1]
     flat = p.reshape(-1, width)
-    padded = np.zeros((len(flat), width + 8), dtype=np.uint8)  # the last load may run past the row
+    padded = np.zeros((len(flat), width + size), dtype=np.uint8)  # the last load may run past the row
     padded[:, :width] = flat
     start = np.arange(count, dtype=np.int64) * bits
-    words = np.ascontiguousarray(padded[:, (start // 8)[:, None] + np.arange(8)]).view("<u8")[..., 0]  # (n, count)
-    out = (words >> (start % 8).astype(np.uint64)) & np.uint64((1 << bits) - 1)
+    loads = np.ascontiguousarray(padded[:, (start // 8)[:, None] + np.arange(size)]).view(f"<u{size}")[..., 0]
+    out = (loads >> (start % 8).astype(word)) & word((1 << bits) - 1)
     return out.astype(np.int64).reshape(*lead, count)
