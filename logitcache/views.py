@@ -179,7 +179,7 @@ class ViewSpec:
             text = f"crop({self.size}, pad={self.padding}){flip}"
         else:
             lo, hi = self.scale
-            text = f"resized_crop({self.size}, scale=({lo:g},{hi:g})){flip}"
+            text = f"resized_crop({self.size}, scale=({lo:g},{hi:g}), {self.resampler}){flip}"
         extra = [f"aa {self.aa}"] if self.aa else []
         extra += [f"color-jitter {self.color_jitter:g}"] if self.color_jitter else []
         extra += [f"reprob {self.reprob:g}"] if self.reprob else []

@@ -237,6 +237,7 @@ def test_resized_crops_record_their_resampler_and_plain_crops_have_none():
     spec = ViewSpec(kind="resized_crop", size=16)
     assert spec.resampler == pillow_resampler() == f"pillow-{PIL.__version__}-bilinear"
     assert spec.to_json()["resampler"] == spec.resampler
+    assert spec.describe() == f"resized_crop(16, scale=(0.08,1), {spec.resampler})+flip"  # what dump and info print
     assert ViewSpec.from_json(spec.to_json()) == spec
     # A store of another Pillow keeps its resampler (it is not replaced by this environment's).
     other = ViewSpec.from_json({**spec.to_json(), "resampler": "pillow-9.5.0-bilinear"})
