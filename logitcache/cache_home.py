@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._utils import plural
-from .errors import BadInput, CacheError, CacheNotFound
+from .errors import BadInput, CacheError, CacheMismatch, CacheNotFound
 from .store.format import CacheSpec, TeacherInfo
 from .store.zarr_store import ZarrStore, is_url, remote_errors
+from .views import ViewSpec
 
 
 def cache_home() -> str:
@@ -150,6 +151,12 @@ def find_cache(*, dataset_name: str, split: str, num_samples: int, num_classes: 
         if not e.complete:
             why.append("its dump has not finished")
         reason = unusable(e.spec) if unusable is not None else None
+        if reason is not None:
+            why.append(reason)
+        try:  # views this environment would replay as other pixels (another Pillow, the former resampler)
+            reason = ViewSpec.from_json(e.spec.views.augmentation).replay_problem()
+        except CacheMismatch as err:
+            reason = str(err)
         if reason is not None:
             why.append(reason)
         if why:

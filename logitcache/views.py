@@ -162,15 +162,22 @@ class ViewSpec:
         except (KeyError, TypeError, ValueError, BadInput) as e:
             raise CacheMismatch(f"the store's augmentation is malformed ({e}): re-dump it") from None
 
-    def check_replayable(self) -> None:
-        """Refuse views this environment cannot replay bit for bit: resized crops of another Pillow."""
+    def replay_problem(self) -> str | None:
+        """Why this environment cannot replay these views bit for bit (resized crops of another
+        Pillow), or None."""
         here = pillow_resampler()
         if self.resampler and self.resampler != here:
+            return f"its views were resampled by {self.resampler}, this environment has {here}"
+        return None
+
+    def check_replayable(self) -> None:
+        """Refuse views this environment cannot replay bit for bit, naming the Pillow that can."""
+        problem = self.replay_problem()
+        if problem:
             version = self.resampler.split("-")[1]
             raise CacheMismatch(
-                f"the cache's views were resampled by {self.resampler}, this environment has {here}: replaying "
-                f"them would give other pixels; install that Pillow (pip install pillow=={version}) or re-dump the "
-                "cache (views.augmentation.resampler)"
+                f"the cache: {problem}; replaying them would give other pixels: install that Pillow "
+                f"(pip install pillow=={version}) or re-dump the cache (views.augmentation.resampler)"
             )
 
     def describe(self) -> str:

@@ -58,3 +58,28 @@ def test_find_cache_returns_the_asked_teacher_or_refuses(spec, monkeypatch, home
         entry, notes = find()
         assert entry is matches[0]  # the newest, ties in listing order
         assert all(m.location.rsplit("/", 1)[1] in " ".join(notes) for m in matches[1:])
+
+
+def test_a_cache_this_environment_cannot_replay_is_a_near_miss(spec, monkeypatch):
+    """The newest cache of the teacher, made under another Pillow, is passed over (named as a near
+    miss, with both resamplers) for an older one whose views this environment replays."""
+    from logitcache.store.format import ViewsInfo
+    from logitcache.views import ViewSpec
+
+    def entry(name: str, day: int, resampler: str | None) -> cache_home.CacheEntry:
+        view = ViewSpec(kind="resized_crop", size=8, **({"resampler": resampler} if resampler else {}))
+        views = ViewsInfo(count=spec.views.count, clean=spec.views.clean, seed=spec.views.seed, augmentation=view.to_json())
+        return cache_home.CacheEntry(location=f"/home/{name}.zarr", complete=True, created_at=f"2026-01-0{day}",
+                                     bytes_on_disk=1, spec=dataclasses.replace(spec, views=views))
+
+    entries = [entry("old-pillow", 3, "pillow-9.5.0-bilinear"), entry("here", 1, None)]
+    monkeypatch.setattr(cache_home, "list_caches", lambda home=None: entries)
+    d = spec.dataset
+    found, notes = cache_home.find_cache(dataset_name=d.name, split=d.split, num_samples=d.num_samples,
+                                         num_classes=d.num_classes, fingerprint=d.fingerprint, home="/home")
+    assert found is entries[1]
+    monkeypatch.setattr(cache_home, "list_caches", lambda home=None: entries[:1])
+    with pytest.raises(CacheNotFound, match="old-pillow.zarr: its views were resampled by pillow-9.5.0-bilinear, "
+                                            "this environment has pillow-"):
+        cache_home.find_cache(dataset_name=d.name, split=d.split, num_samples=d.num_samples,
+                              num_classes=d.num_classes, fingerprint=d.fingerprint, home="/home")

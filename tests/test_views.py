@@ -253,6 +253,7 @@ def test_views_of_another_resampler_are_not_replayed():
     with pytest.raises(CacheMismatch, match=rf"resampled by pillow-9.5.0-bilinear, this environment has "
                                              rf"{pillow_resampler()}.*pip install pillow==9.5.0.*re-dump"):
         other.check_replayable()
+    assert RESIZED.replay_problem() is None and CROP_SPECS[0].replay_problem() is None
     RESIZED.check_replayable()
     CROP_SPECS[0].check_replayable()
 
