@@ -17,6 +17,8 @@ DataRootOpt = Annotated[
 ]
 CheckpointOpt = Annotated[str | None, typer.Option(help="Teacher weights: a state dict saved with torch.save (.pt, .pth, pytorch_model.bin) or a .safetensors file; never downloaded.")]
 RandomInitOpt = Annotated[bool, typer.Option(help="Seeded random teacher weights instead of a checkpoint (tests only).")]
+PrecisionOpt = Annotated[str, typer.Option(help="Forward precision: fp32, or autocast to bf16 or fp16 (GPUs; bf16 also on CPUs); losses and stored logits stay fp32-computed.")]
+ChannelsLastOpt = Annotated[bool, typer.Option("--channels-last", help="Model and images in channels-last (NHWC) memory format: faster convolutions on many GPUs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
 # Strong augmentation and mixing, timm's flags: dump records them in the store; train takes them only

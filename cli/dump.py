@@ -10,9 +10,11 @@ from logitcache._utils import plural
 from logitcache.distributed import torchrun_rank
 from logitcache.dump import AUTO_FULL_MAX_CLASSES, DEFAULT_TOPK, DumpConfig, dump
 from logitcache.errors import BadInput
+from logitcache.precision import Compute
 
 from ._options import (
     AaOpt,
+    ChannelsLastOpt,
     CheckpointOpt,
     ColorJitterOpt,
     CutmixOpt,
@@ -22,6 +24,7 @@ from ._options import (
     MixupOpt,
     MixupProbOpt,
     MixupSwitchProbOpt,
+    PrecisionOpt,
     QuietOpt,
     RandomInitOpt,
     ReprobOpt,
@@ -77,6 +80,8 @@ def dump_command(
     mean: MeanOpt = None,
     std: StdOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = False,
     batch_size: Annotated[int, typer.Option(help="Teacher forward batch size.")] = 256,
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store made with other settings.")] = False,
@@ -104,11 +109,14 @@ def dump_command(
         mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
         strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), topk=topk, dtype=dtype, **sampling, codec=codec,
         checksum=checksum, chunk_samples=chunk_samples, shard_chunks=shard_chunks, seed=seed, device=device,
-        batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_resolve_shard(shard), finalize_only=finalize,
+        precision=precision, channels_last=channels_last, batch_size=batch_size, workers=workers, overwrite=overwrite, shard=_resolve_shard(shard), finalize_only=finalize,
         progress=not quiet,
     )
     result = dump(config)
     chosen = result.spec.encoding
+    if precision != "fp32" or channels_last:
+        typer.echo(f"teacher forward: {Compute(precision=result.spec.precision, channels_last=result.spec.channels_last).describe()} "
+                   f"(logits stored as {chosen.describe()})")
     typer.echo(f"encoding: {chosen.describe()}" + (
         f" (auto for {result.spec.dataset.num_classes} classes: all logits up to {AUTO_FULL_MAX_CLASSES}, the top "
         f"{DEFAULT_TOPK} above; --full or --topk K to choose)" if encoding == "auto" else ""))

@@ -8,7 +8,7 @@ import typer
 
 from logitcache.train import evaluate_checkpoint
 
-from ._options import DataRootOpt, DeviceOpt
+from ._options import ChannelsLastOpt, DataRootOpt, DeviceOpt, PrecisionOpt
 
 
 def eval_command(
@@ -18,12 +18,15 @@ def eval_command(
     model: Annotated[str | None, typer.Option(help="Model name the checkpoint belongs to [default: the one its run folder's config.json names].")] = None,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = False,
 ) -> None:
     """Report top-1/top-5 accuracy, NLL and expected calibration error on clean images.
 
     Top-5 is left out for datasets of fewer than 6 classes, where it is always 100 %.
     """
-    e = evaluate_checkpoint(model, checkpoint, dataset, split=split, data_root=data_root, device=device)
+    e = evaluate_checkpoint(model, checkpoint, dataset, split=split, data_root=data_root, device=device,
+                            precision=precision, channels_last=channels_last)
     for warning in e.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"{e.model} on {e.dataset} {e.split}: {e.images:,} images, {e.num_classes} classes")

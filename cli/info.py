@@ -58,6 +58,9 @@ def render(info: CacheInfo) -> str:
         + (f"  test accuracy {acc:.2f}% ({plural(p['teacher_test_samples'], 'image')})" if acc is not None else ""),
         *([f"teacher in   {ModelInput.from_json(t['input']).describe(ViewSpec.from_json(v['augmentation']))}"]
           if t.get("input") else []),
+        # Stores dumped before these fields existed ran the teacher in fp32, contiguous.
+        f"forward      {s.get('precision', 'fp32')}" + (", channels-last" if s.get("channels_last") else "")
+        + " (the teacher's, as dumped and as verify replays it)",
         f"dataset      {d['name']} [{d['split']}]  {plural(d['num_samples'], 'sample')}, {d['num_classes']} classes, "
         f"fingerprint {d['fingerprint'][:16]}…",
         f"views        {v['count']} augmented" + (" + clean view 0" if v["clean"] else "")

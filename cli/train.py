@@ -13,6 +13,7 @@ from logitcache.train import TrainConfig, train
 from ._config import load_config, merge_set
 from ._options import (
     AaOpt,
+    ChannelsLastOpt,
     CheckpointOpt,
     ColorJitterOpt,
     CutmixOpt,
@@ -22,6 +23,7 @@ from ._options import (
     MixupOpt,
     MixupProbOpt,
     MixupSwitchProbOpt,
+    PrecisionOpt,
     QuietOpt,
     ReprobOpt,
     StdOpt,
@@ -68,6 +70,8 @@ def train_command(
     mean: MeanOpt = None,
     std: StdOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = False,
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     sync_bn: Annotated[bool, typer.Option(help="Under torchrun: BatchNorm statistics over the global batch, so N processes train what one process would; --no-sync-bn normalises each process's share (plain DDP, faster, most on CPUs).")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
@@ -95,7 +99,8 @@ def train_command(
         label_fraction=label_fraction,
         view_policy=view_policy, views=views, view_seed=view_seed,
         mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
-        strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), seed=seed, device=device, workers=workers,
+        strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), seed=seed, device=device,
+        precision=precision, channels_last=channels_last, workers=workers,
         sync_bn=sync_bn, resume=resume, progress=not quiet, log=tuple(log or ()),
     )
     # Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone writes and prints.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataEr
 from .loader import ViewBatch, augmented_batches, true_labels
 from .models import ModelInput, fit_to_model, weights_sha256
 from .models.inputs import first_logits
+from .precision import Compute
 from .store.encodings import get_encoding
 from .store.format import (
     CacheSpec,
@@ -83,6 +85,8 @@ class DumpConfig:
     shard_chunks: int | None = None  # None: auto (16 chunks per shard above AUTO_SHARD_SAMPLES)
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # of the teacher's forward (autocast); the stored dtype stays ``dtype``
+    channels_last: bool = False
     batch_size: int = 256
     workers: int = 2
     overwrite: bool = False
@@ -111,7 +115,8 @@ class DumpResult:
         return self.samples_written / self.seconds if self.seconds else 0.0
 
 
-def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, inp: ModelInput | None) -> CacheSpec:
+def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, inp: ModelInput | None,
+               compute: Compute) -> CacheSpec:
     """The store identity for a config; every check that can fail runs before any write.
 
     ``dataset`` is the one the teacher sees, fitted to its input configuration ``inp`` where it has
@@ -127,7 +132,7 @@ def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, in
         shard_chunks = 16 if n > AUTO_SHARD_SAMPLES else 0
     return CacheSpec(
         teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher),
-                            num_classes=_num_outputs(teacher, dataset, view_spec, config.teacher),
+                            num_classes=_num_outputs(teacher, dataset, view_spec, config.teacher, compute),
                             input=inp.to_json() if inp else {}),
         dataset=DatasetInfo(**dataset.describe()),
         views=ViewsInfo(count=config.views, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json()),
@@ -135,6 +140,8 @@ def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, in
         codec=CodecInfo.parse(config.codec) if config.checksum else _without_checksum(CodecInfo.parse(config.codec)),
         layout=Layout(chunk_samples=config.chunk_samples, shard_chunks=shard_chunks),
         batch_size=config.batch_size,
+        precision=compute.precision,
+        channels_last=compute.channels_last,
     )
 
 
@@ -164,13 +171,11 @@ def _without_checksum(codec: CodecInfo) -> CodecInfo:
     return CodecInfo(compressor=codec.compressor, cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle, checksum=False)
 
 
-def _num_outputs(model: nn.Module, dataset: ImageDataset, view: ViewSpec, name: str) -> int:
-    logits = first_logits(model, dataset, view, f"teacher {name}")
-    if not bool(torch.isfinite(logits).all()):  # e.g. a checkpoint with NaN weights: refuse before any write
-        raise DataError(
-            "teacher produced NaN/inf logits for sample 0 (unaugmented); nothing was written: "
-            "check the checkpoint (was it trained to convergence?) and the input data"
-        )
+def _num_outputs(model: nn.Module, dataset: ImageDataset, view: ViewSpec, name: str, compute: Compute) -> int:
+    logits = first_logits(model, dataset, view, f"teacher {name}", compute)
+    # e.g. a checkpoint with NaN weights, or one that overflows fp16: refuse before any write
+    check_finite(logits, compute, np.zeros(1, dtype=np.int64), "unaugmented", "nothing was written",
+                 fp32=lambda row: first_logits(model, dataset, view, f"teacher {name}"))
     return int(logits.shape[1])
 
 
@@ -186,13 +191,14 @@ def dump(config: DumpConfig) -> DumpResult:
     if config.batch_size < 1 or config.chunk_samples < 1:
         raise BadInput("--batch-size and --chunk-samples must be >= 1")
     device = local_device(_utils.resolve_device(config.device))
+    compute = Compute.on(device, config.precision, config.channels_last)
     dataset = open_dataset(config.dataset, config.split, data_root=config.data_root, download=config.download)
-    teacher = build_teacher(
+    teacher = compute.model(build_teacher(
         config.teacher, dataset.num_classes, checkpoint=config.checkpoint, random_init=config.random_init,
         seed=config.seed, device=device,
-    )
+    ))
     dataset, inp = fit_to_model(dataset, config.teacher, mean=config.mean, std=config.std)
-    spec = build_spec(config, dataset, teacher, inp)
+    spec = build_spec(config, dataset, teacher, inp, compute)
     option = "--out" if config.out is not None else "LOGITCACHE_HOME"
     if config.out is None:  # file it in the cache home under a content-addressed name
         config = dataclasses.replace(config, out=location_in_home(spec))
@@ -337,6 +343,7 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
     n, layout = spec.dataset.num_samples, spec.layout
     view_spec = ViewSpec.from_json(spec.views.augmentation)
     encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
+    compute = Compute.on(device, spec.precision, spec.channels_last)
     pending, done, mine = _pending_blocks(store, config.shard)
     result = DumpResult(location=config.out, spec=spec, complete=False, blocks_skipped=mine - len(pending))
     if done:
@@ -366,8 +373,9 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
                 batch, images = next(stream)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    logits = teacher(images).float()
-                _check_finite(logits, batch, v)
+                    logits = compute.forward(teacher, images)
+                    check_finite(logits, teacher, images, compute, batch.samples, f"view {v}",
+                                 "the block was not written")
                 labels = torch.from_numpy(true_labels(dataset, view_spec, batch))
                 parts.append(encoding.encode_pairs(logits, labels, batch.seeds))
                 result.teacher_seconds += time.perf_counter() - t0
@@ -389,14 +397,19 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
     return result
 
 
-def _check_finite(logits: torch.Tensor, batch: ViewBatch, view: int) -> None:
+def check_finite(logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor, compute: Compute,
+                 samples: np.ndarray, view: str, consequence: str) -> None:
+    """Refuse a batch of teacher logits holding NaN/inf, naming the first such (view, sample): a
+    precision's overflow (the row is finite in fp32) with the precision to use instead, anything
+    else as the checkpoint's or the data's problem. Never stored: the caller has not written it."""
     bad = ~torch.isfinite(logits).all(dim=1)
-    if bad.any():
-        first = int(batch.samples[int(bad.nonzero()[0, 0])])
-        raise DataError(
-            f"teacher produced NaN/inf logits for sample {first} (view {view}); the block was not written: "
-            "check the checkpoint (was it trained to convergence?) and the input data"
-        )
+    if not bad.any():
+        return
+    row = int(bad.nonzero()[0, 0])
+    where = f"teacher produced NaN/inf logits for sample {int(samples[row])} ({view}); {consequence}"
+    if compute.amp and bool(torch.isfinite(teacher(compute.inputs(images[row : row + 1]))).all()):
+        raise DataError(f"{where}: {compute.overflow_hint()}")
+    raise DataError(f"{where}: check the checkpoint (was it trained to convergence?) and the input data")
 
 
 def finalize(
@@ -433,12 +446,13 @@ def finalize(
         missing = store.check_chunks(decode=False)
         if missing:
             raise DataError(f"every block is marked done but {missing[0]}: run `logitcache verify --repair {location}`")
+        compute = Compute.on(device, spec.precision, spec.channels_last)  # the teacher's accuracy as it was dumped
         if teacher is None:
-            teacher = build_teacher(spec.teacher.name, spec.teacher.num_classes, checkpoint=checkpoint,
-                                    random_init=random_init, seed=spec.views.seed, device=device)
+            teacher = compute.model(build_teacher(spec.teacher.name, spec.teacher.num_classes, checkpoint=checkpoint,
+                                                  random_init=random_init, seed=spec.views.seed, device=device))
             if weights_sha256(teacher) != spec.teacher.weights_sha256:
                 raise CacheMismatch(f"the teacher weights given do not match the ones {location} was dumped with: pass the same --checkpoint")
-        acc, count = _test_accuracy(teacher, spec, dataset_name or spec.dataset.name, data_root, device)
+        acc, count = _test_accuracy(teacher, spec, dataset_name or spec.dataset.name, data_root, device, compute)
         store.set_provenance(Provenance(
             **{**store.provenance.to_json(), "complete": True, "finished_at": _utils.now(),
                "teacher_test_accuracy": acc, "teacher_test_samples": count, "device": str(device)}
@@ -449,13 +463,13 @@ def finalize(
 
 
 def _test_accuracy(teacher: nn.Module, spec: CacheSpec, dataset_name: str, data_root: str | None,
-                   device: torch.device) -> tuple[float | None, int | None]:
+                   device: torch.device, compute: Compute) -> tuple[float | None, int | None]:
     try:
         test = teacher_dataset(open_dataset(dataset_name, "test", data_root=data_root), spec)
     except DataError:
         return None, None  # e.g. an image folder without val/: accuracy unknown, not an error
     from .evaluate import evaluate_model
 
-    metrics = evaluate_model(teacher, test, device=device)
+    metrics = evaluate_model(teacher, test, device=device, compute=compute)
     return metrics["top1"], len(test)
 

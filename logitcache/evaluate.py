@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .datasets import ImageDataset
 from .loader import augmented_batches, clean_batches
+from .precision import Compute
 
 ECE_BINS = 15
 # With 5 classes or fewer every label is in the top 5: top-5 would read 100 % whatever the model.
@@ -28,19 +29,21 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: ImageDataset, *, device: torch.device, batch_size: int = 256,
-                   workers: int = 0) -> dict[str, float]:
+                   workers: int = 0, compute: Compute | None = None) -> dict[str, float]:
     """Accuracy (%) and calibration of ``model`` on the clean images of ``dataset``: ``top1``,
-    ``top5`` (only with ``TOP5_MIN_CLASSES`` or more classes), ``nll`` and ``ece``.
+    ``top5`` (only with ``TOP5_MIN_CLASSES`` or more classes), ``nll`` and ``ece``, with the
+    forward run as ``compute`` says (default fp32); the metrics are computed in fp32.
 
     The model is put in eval mode for the pass and returned to its previous mode.
     """
+    compute = compute or Compute()
     was_training = model.training
     model.eval()
     logits_all = []
     try:
         for _, images in augmented_batches(dataset, dataset.train_view, clean_batches(dataset, batch_size),
                                            device=device, workers=workers):
-            logits_all.append(model(images).float().cpu())
+            logits_all.append(compute.forward(model, images).cpu())
     finally:
         model.train(was_training)
     logits = torch.cat(logits_all)

@@ -56,6 +56,7 @@ from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
 from .methods._common import mixed_target
 from .models import ModelInput, create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
 from .models.inputs import first_logits
+from .precision import Compute
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
@@ -112,6 +113,8 @@ class TrainConfig:
     strong: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # of the student's forward (and an online teacher's): fp32, bf16 or fp16 autocast
+    channels_last: bool = False
     workers: int = 2
     sync_bn: bool = True  # under torchrun: BatchNorm over the global batch (else each rank's share)
     resume: bool = False
@@ -239,6 +242,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     _validate(config)
     _utils.check_output_location(config.out, "--out")
     device = local_device(_utils.resolve_device(config.device))
+    compute = Compute.on(device, config.precision, config.channels_last)
     method = get_method(config.method)
     train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
     data_normalize = train_set.normalize
@@ -266,6 +270,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         wanted = _model_normalize(sources.teacher_name, data_normalize)
         if wanted != train_set.normalize:
             teacher = Renormalize(teacher, train_set.normalize, wanted)
+        compute.model(teacher)  # and runs as the student does
     resolved = _resolve_method(config, sources.teacher_name)
     hparams = resolved.values
     train_samples, val_set = _holdout(train_set, config)
@@ -290,13 +295,14 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
 
     is_main = rank == 0
     torch.manual_seed(config.seed)
-    student = create_model(config.student, num_classes=train_set.num_classes).to(device)
-    first_logits(student, train_set, view_spec, f"student {config.student}")  # refused before the run folder
+    student = compute.model(create_model(config.student, num_classes=train_set.num_classes).to(device))
+    first_logits(student, train_set, view_spec, f"student {config.student}", compute)  # refused before the run folder
     model = _wrap_distributed(student, device, world_size, config.sync_bn)
     optimizer = torch.optim.SGD(student.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
                                                      gamma=config.lr_decay)
+    scaler = compute.scaler()
     if is_main:  # taken once nothing but the run folder can refuse the run, so a refusal leaves no folder
         if not (out / RUN_LOCK_FILE).exists():  # never put a lock file into a folder that is no run's
             _refuse_foreign_out(out, config)
@@ -311,6 +317,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if scaler.is_enabled():  # fp16: the loss scale goes on where it was (a resume keeps --precision)
+            scaler.load_state_dict(state["scaler"])
         # A state from before --val-fraction selected on test: its score is its best test accuracy.
         best = {"score": state.get("best_score", state["best_acc"]), "acc": state["best_acc"],
                 "epoch": state["best_epoch"]}
@@ -339,14 +347,14 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
             reader.prefetch(int(views.for_epoch("cycle", epoch + 1, config.seed)[0]))
         stats, forwards = _train_epoch(
             model, method.fn, hparams, train_set, train_samples, view_spec, views, epoch_views, reader, teacher,
-            config, epoch, optimizer, device, rank, world_size, None if labelled is None or not method.needs_teacher
-            else _label_mask(len(train_set), labelled),
+            config, epoch, optimizer, scaler, compute, device, rank, world_size,
+            None if labelled is None or not method.needs_teacher else _label_mask(len(train_set), labelled),
         )
         forwards_run += forwards
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        test = evaluate_model(student, test_set, device=device)
-        val = None if val_set is None else evaluate_model(student, val_set, device=device)
+        test = evaluate_model(student, test_set, device=device, compute=compute)
+        val = None if val_set is None else evaluate_model(student, val_set, device=device, compute=compute)
         last_acc, score = test["top1"], (test if val is None else val)["top1"]
         if score > best["score"]:
             best = {"score": score, "acc": last_acc, "epoch": epoch}
@@ -361,7 +369,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
             echo(_epoch_line(epoch, config.epochs, stats, test, val, best, lr))
             _utils.atomic_torch_save({
                 "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
                 "best_acc": best["acc"], "best_epoch": best["epoch"], "best_score": best["score"], "last_acc": last_acc,
                 "forwards_run": forwards_run, "seconds": seconds_before + time.perf_counter() - wall,
             }, out / "last.pt")
@@ -557,6 +565,7 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
         "settings:",
         f"  schedule   {config.epochs} epochs, lr {config.resolved_lr():g} {decay}{origin}, SGD momentum "
         f"{config.momentum:g}, weight decay {config.weight_decay:g}, batch {config.batch_size}",
+        f"  forward    {_forward_line(config)}",
         f"  method     {config.method}, preset {preset}",
         f"  hparams    {hparams}",
         f"  selection  {selection}",
@@ -568,6 +577,16 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
             f"the other {n_train - (0 if val_set is None else len(val_set)) - len(labelled)}: KD terms towards "
             "the teacher, whose top-1 class stands in for the label, no CE term"))
     return "\n".join(lines)
+
+
+def _forward_line(config: TrainConfig) -> str:
+    if config.precision == "fp32":
+        text = "fp32"
+    else:
+        scaler = " with GradScaler loss scaling" if config.precision == "fp16" else ""
+        text = f"{config.precision} autocast{scaler} (losses in fp32)"
+    text += ", channels-last" if config.channels_last else ""
+    return text + ("; the online teacher the same" if config.teacher_online else "")
 
 
 def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConfig) -> None:
@@ -836,7 +855,7 @@ _SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, 
 
 
 def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, views, epoch_views, reader, teacher,
-                 config, epoch, optimizer, device, rank, world_size,
+                 config, epoch, optimizer, scaler: torch.amp.GradScaler, compute: Compute, device, rank, world_size,
                  has_label: torch.Tensor | None) -> tuple[dict[str, float], int]:
     model.train()
     # Without a hold-out train_samples is arange(N), and the order is the plain epoch permutation.
@@ -864,9 +883,10 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
     pairs = zip(batches, augmented_batches(train_set, view_spec, local_batches(), device=device, workers=config.workers))
     for step, (g, (batch, images)) in enumerate(pairs, start=1):
         target = _target(train_set, view_spec, batch, device)
-        tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device)
+        tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device,
+                              compute)
         forwards += len(batch) if teacher is not None else 0
-        logits = model(images)
+        logits = compute.forward(model, images)  # methods compute their losses in fp32
         if has_label is None:
             losses = loss_fn(logits, tview, target, epoch=epoch, **hparams)
         else:
@@ -876,8 +896,9 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
         # Scale so that DDP's gradient average over ranks equals the mean over the global batch.
         scale = len(batch) * world_size / len(g)
         optimizer.zero_grad(set_to_none=True)
-        (loss * scale).backward()
-        optimizer.step()
+        scaler.scale(loss * scale).backward()
+        scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed, as GradScaler does
+        scaler.update()
         n = len(batch)
         for k, v in losses.items():
             totals[k] += v.detach().double() * n
@@ -886,11 +907,11 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
         seen += n
         bar.update(len(g))
         if step % _SYNC_EVERY == 0:
-            means = _read_means(totals, seen, epoch)
+            means = _read_means(totals, seen, epoch, compute)
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"acc": f"{100 * int(correct_t) / seen:.1f}"})
     bar.close()
     seconds = time.perf_counter() - start
-    stats = {f"train_{k}": v for k, v in _read_means(totals, seen, epoch).items()}
+    stats = {f"train_{k}": v for k, v in _read_means(totals, seen, epoch, compute).items()}
     stats.update(train_acc=100.0 * int(correct_t) / seen, seconds=seconds, samples_per_second=seen * world_size / seconds)
     return stats, forwards
 
@@ -912,11 +933,12 @@ def _semi_supervised_losses(loss_fn, logits: torch.Tensor, tview: TeacherView, u
     return losses
 
 
-def _read_means(totals: dict[str, torch.Tensor], seen: int, epoch: int) -> dict[str, float]:
+def _read_means(totals: dict[str, torch.Tensor], seen: int, epoch: int, compute: Compute) -> dict[str, float]:
     """Per-sample means of the running sums (one host-device sync), refusing a loss gone NaN/inf."""
     means = {k: float(v) / seen for k, v in totals.items()}
     if not math.isfinite(means["loss"]):
-        raise BadInput(f"loss became {means['loss']} at epoch {epoch}: lower --lr or check --set values")
+        amp = f", or train with --precision {'bf16 or ' if compute.precision == 'fp16' else ''}fp32" if compute.amp else ""
+        raise BadInput(f"loss became {means['loss']} at epoch {epoch}: lower --lr or check --set values{amp}")
     return means
 
 
@@ -930,10 +952,10 @@ def _target(train_set: ImageDataset, view_spec: ViewSpec, batch: ViewBatch, devi
     return mixed_target(true, own, other, torch.from_numpy(mix.lam).to(device))
 
 
-def _teacher_view(reader, teacher, views, samples, images, target, device) -> TeacherView | None:
+def _teacher_view(reader, teacher, views, samples, images, target, device, compute: Compute) -> TeacherView | None:
     if teacher is not None:
         with torch.inference_mode():
-            logits = teacher(images).float()
+            logits = compute.forward(teacher, images)
         return TeacherView.from_logits(logits.clone(), target)
     if reader is not None:
         return reader.read(views, samples).to(device)
@@ -954,8 +976,10 @@ class Evaluation:
 
 
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, dataset: str, *, split: str = "test",
-                        data_root: str | None = None, device: str = "auto") -> Evaluation:
-    """Top-1/top-5 (%), NLL and ECE of a checkpoint on the clean images of a dataset split.
+                        data_root: str | None = None, device: str = "auto", precision: str = "fp32",
+                        channels_last: bool = False) -> Evaluation:
+    """Top-1/top-5 (%), NLL and ECE of a checkpoint on the clean images of a dataset split, the
+    forward run at ``precision`` (the metrics in fp32).
 
     Without ``model_name``, the checkpoint must lie in a ``train`` run folder, whose
     ``config.json`` names the model. A checkpoint in a run folder is checked against the data
@@ -964,12 +988,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike, d
     if model_name is None:
         model_name = _run_model(Path(checkpoint))
     dev = _utils.resolve_device(device)
+    compute = Compute.on(dev, precision, channels_last)
     data = _as_trained(open_dataset(dataset, split, data_root=data_root), model_name, Path(checkpoint))
     warnings = _check_run_data(Path(checkpoint), data)
     model = create_model(model_name, num_classes=data.num_classes)
     load_checkpoint(model, checkpoint)
     return Evaluation(model=model_name, dataset=data.name, split=split, images=len(data), num_classes=data.num_classes,
-                      metrics=evaluate_model(model.to(dev), data, device=dev), warnings=warnings)
+                      metrics=evaluate_model(compute.model(model.to(dev)), data, device=dev, compute=compute),
+                      warnings=warnings)
 
 
 def _as_trained(data: ImageDataset, model_name: str, checkpoint: Path) -> ImageDataset:

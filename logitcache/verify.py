@@ -4,10 +4,11 @@ Three checks. (1) Integrity: every chunk of every array is present and decodes a
 checksum. (2) Provenance: the given teacher weights hash to the cache's ``weights_sha256`` and
 the dataset split has the cache's fingerprint; every stored seed equals the seed derived from
 (dump seed, view, sample). (3) Replay: for random (view, sample) pairs the stored seed is
-replayed, the teacher recomputes fp32 logits, and the stored values must equal them within the
-precision they were stored in: half a step of the dtype (for fp16/bf16 relative to each value's
-gap from the row's top logit, which is what they store) plus float noise from a different batch
-composition or device. The fresh logits are compared as they are, not re-encoded: an encoding
+replayed, the teacher recomputes the logits (in the forward precision of the dump, taken as
+fp32), and the stored values must equal them within the precision they were stored in: half a
+step of the dtype (for fp16/bf16 relative to each value's gap from the row's top logit, which is
+what they store) plus float noise from a different batch composition or device (a few ulps of
+bf16/fp16 for a teacher dumped under that autocast). The fresh logits are compared as they are, not re-encoded: an encoding
 that lost what matters (say, absolute fp16 values of logits with a common offset of 60,000)
 would otherwise agree with itself. Stored NaN/inf values are failures wherever they are found:
 every stored pair is checked for them, not only the replayed ones.
@@ -28,6 +29,7 @@ from .datasets import open_dataset
 from .errors import CacheMismatch
 from .loader import ViewBatch, augmented_batches, true_labels
 from .models import weights_sha256
+from .precision import Compute
 from .store.encodings import get_encoding
 from .store.encodings.sampled import SampledEncoding, feasible_counts, tempered_cdf
 from .store.encodings.topk import GAP_STEP, LSE_STEP, TARGET_IN_TOPK, TARGET_STEP
@@ -45,6 +47,12 @@ _GAP_HALF_ULP = {"fp32": 0.0, "fp16": 2.0**-11, "bf16": 2.0**-8}
 # would otherwise hide whole nats at 60,000); and 16 fp32 ulps of the values compared (itself
 # and, for gaps, the row's top), where a common offset puts them.
 _NOISE_ATOL, _NOISE_RTOL, _NOISE_ULPS = 1e-4, 1e-5, 2.0**-20
+# A bf16/fp16 teacher is replayed at its precision (its logits differ from fp32's by about one
+# ulp of that dtype, far more than fp32 noise), where two forwards in another batch or on another
+# device each lie within about one ulp of fp32's (0.85 ulp measured for resnet8/resnet20 on
+# digits, relative to the row's spread), so within two of each other: 4 ulps, relative to the
+# spread and to the values, leaves deeper networks a factor of two.
+_AMP_REPLAY_ULPS = 4
 _SCAN_ROWS = 65536  # rows per read of the NaN/inf scan
 
 
@@ -101,8 +109,9 @@ def verify(
 
     ViewSpec.from_json(spec.views.augmentation).check_replayable()  # before the teacher is built
     dev = _utils.resolve_device(device)
-    teacher = build_teacher(spec.teacher.name, spec.teacher.num_classes, checkpoint=checkpoint,
-                            random_init=random_init, seed=spec.views.seed, device=dev)
+    compute = Compute.on(dev, spec.precision, spec.channels_last)  # replayed as it was dumped
+    teacher = compute.model(build_teacher(spec.teacher.name, spec.teacher.num_classes, checkpoint=checkpoint,
+                                          random_init=random_init, seed=spec.views.seed, device=dev))
     if weights_sha256(teacher) != spec.teacher.weights_sha256:
         raise CacheMismatch(
             f"these teacher weights are not the ones {location} was dumped with (sha256 differs): "
@@ -126,13 +135,14 @@ def verify(
     rng = np.random.default_rng(seed)
     pick = rng.choice(total_views * n, size=min(samples, total_views * n), replace=False)
     views, idx = pick // n, pick % n
-    _replay(store, teacher_dataset(dataset, spec), teacher, views, idx, dev, batch_size, report)
+    _replay(store, teacher_dataset(dataset, spec), teacher, compute, views, idx, dev, batch_size, report)
     return report
 
 
-def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarray, device: torch.device,
-            batch_size: int, report: VerifyReport) -> None:
+def _replay(store: ZarrStore, dataset, teacher, compute: Compute, views: np.ndarray, idx: np.ndarray,
+            device: torch.device, batch_size: int, report: VerifyReport) -> None:
     spec = store.spec
+    noise = _Noise.of(spec.precision)
     encoding = get_encoding(spec.encoding, spec.dataset.num_classes)
     view_spec = ViewSpec.from_json(spec.views.augmentation)
     fields = [f.name for f in encoding.fields()]
@@ -149,14 +159,14 @@ def _replay(store: ZarrStore, dataset, teacher, views: np.ndarray, idx: np.ndarr
         v = views[offset : offset + len(batch)]
         offset += len(batch)
         with torch.inference_mode():
-            on_device = teacher(images).float()
+            on_device = compute.forward(teacher, images)
         fresh = on_device.cpu()
         y = torch.from_numpy(true_labels(dataset, view_spec, batch))
         cached = encoding.decode(_stored_rows(store, fields, v, batch.samples), y)
         if isinstance(encoding, SampledEncoding):
-            reasons, err = _compare_sampled(cached, on_device, y, batch.seeds, encoding)
+            reasons, err = _compare_sampled(cached, on_device, y, batch.seeds, encoding, noise)
         else:
-            reasons, err = _compare(cached, fresh, y, spec.encoding)
+            reasons, err = _compare(cached, fresh, y, spec.encoding, noise)
         report.max_abs_error = max([report.max_abs_error, *(e for e in err.tolist() if np.isfinite(e))])
         failed = [j for j, r in enumerate(reasons) if r]
         report.problems += [f"view {int(v[j])} sample {int(batch.samples[j])}: {reasons[j]}" for j in failed[:10]]
@@ -176,11 +186,27 @@ def _stored_rows(store: ZarrStore, fields: list[str], views: np.ndarray, samples
     return rows
 
 
-def _noise(spread: Tensor, *values: Tensor) -> Tensor:
-    return _NOISE_ATOL + _NOISE_RTOL * spread + _NOISE_ULPS * sum(v.abs() for v in values)
+@dataclass(frozen=True)
+class _Noise:
+    """The float noise a replay may show: absolute, relative to the row's spread, and relative to
+    the values compared (see ``_NOISE_*`` and ``_AMP_REPLAY_ULPS``)."""
+
+    rtol: float = _NOISE_RTOL
+    ulps: float = _NOISE_ULPS
+
+    @classmethod
+    def of(cls, precision: str) -> _Noise:
+        if precision == "fp32":
+            return cls()
+        step = _AMP_REPLAY_ULPS * 2 * _GAP_HALF_ULP[precision]  # an ulp is two half-ulps
+        return cls(rtol=step, ulps=step)
+
+    def __call__(self, spread: Tensor, *values: Tensor) -> Tensor:
+        return _NOISE_ATOL + self.rtol * spread + self.ulps * sum(v.abs() for v in values)
 
 
-def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingInfo) -> tuple[list[str], Tensor]:
+def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingInfo,
+             noise: _Noise) -> tuple[list[str], Tensor]:
     """For each row, why its stored values are not the fresh fp32 logits ('' when they are), and
     its largest |stored - fresh|.
 
@@ -196,9 +222,9 @@ def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingI
     stored = cached.logits if idx is None else cached.topk_values
     gap = top - z
     if q8:
-        checks = [(stored, -gap.clamp(max=255 * GAP_STEP), _noise(spread, z, top) + GAP_STEP / 2)]
+        checks = [(stored, -gap.clamp(max=255 * GAP_STEP), noise(spread, z, top) + GAP_STEP / 2)]
     else:
-        checks = [(stored, z, _noise(spread, z, top) + _GAP_HALF_ULP[info.dtype] * gap)]
+        checks = [(stored, z, noise(spread, z, top) + _GAP_HALF_ULP[info.dtype] * gap)]
     classes_ok = torch.ones(len(fresh), dtype=torch.bool)
     if idx is not None:
         lse = torch.logsumexp(fresh, dim=1, keepdim=True)
@@ -207,15 +233,15 @@ def _compare(cached: TeacherView, fresh: Tensor, labels: Tensor, info: EncodingI
         if q8:
             in_topk = (idx == labels[:, None]).any(dim=1, keepdim=True)  # then its target is a gap checked above
             target_gap = (top - target).clamp(max=(TARGET_IN_TOPK - 1) * TARGET_STEP)
-            checks += [(stored_lse, (lse - top).clamp(max=65535 * LSE_STEP), _noise(spread, lse, top) + LSE_STEP / 2),
+            checks += [(stored_lse, (lse - top).clamp(max=65535 * LSE_STEP), noise(spread, lse, top) + LSE_STEP / 2),
                        (stored_target, torch.where(in_topk, stored_target, -target_gap),
-                        _noise(spread, target, top) + TARGET_STEP / 2)]
+                        noise(spread, target, top) + TARGET_STEP / 2)]
         else:
-            checks += [(stored_lse, lse, _noise(spread, lse)), (stored_target, target, _noise(spread, target))]
+            checks += [(stored_lse, lse, noise(spread, lse)), (stored_target, target, noise(spread, target))]
         # The stored classes must be k distinct classes of the fresh top-k, up to near-ties at the k-th place.
         kth = torch.topk(fresh, idx.shape[1], dim=1).values[:, -1:]
         distinct = (idx.sort(dim=1).values.diff(dim=1) != 0).all(dim=1)
-        classes_ok = (z >= kth - _noise(spread, kth, top)).all(dim=1) & distinct
+        classes_ok = (z >= kth - noise(spread, kth, top)).all(dim=1) & distinct
     errors = [(a - b).abs() for a, b, _ in checks]
     within = torch.stack([(e <= tol).all(dim=1) for e, (_, _, tol) in zip(errors, checks)]).all(dim=0)
     err = torch.cat(errors, dim=1).max(dim=1).values
@@ -240,7 +266,7 @@ def _reasons(within: Tensor, chosen_ok: Tensor, stored_finite: Tensor, fresh_fin
 
 
 def _compare_sampled(cached: TeacherView, fresh: Tensor, labels: Tensor, seeds: np.ndarray,
-                     encoding: SampledEncoding) -> tuple[list[str], Tensor]:
+                     encoding: SampledEncoding, noise: _Noise) -> tuple[list[str], Tensor]:
     """As :func:`_compare` for a sampled pair: ``lse`` and the true-class logit within float noise
     of the fresh ones, and counts the replayed draws give, except that a draw whose uniform lies
     within float noise of a CDF boundary may have picked the neighbouring class.
@@ -253,9 +279,9 @@ def _compare_sampled(cached: TeacherView, fresh: Tensor, labels: Tensor, seeds: 
     spread = cpu.max(dim=1, keepdim=True).values - cpu.min(dim=1, keepdim=True).values
     lse, target = torch.logsumexp(cpu, dim=1, keepdim=True), cpu.gather(1, labels[:, None])
     errors = torch.cat([(cached.lse[:, None] - lse).abs(), (cached.target_logit[:, None] - target).abs()], dim=1)
-    within = (errors <= torch.cat([_noise(spread, lse), _noise(spread, target)], dim=1)).all(dim=1)
+    within = (errors <= torch.cat([noise(spread, lse), noise(spread, target)], dim=1)).all(dim=1)
     temperature = encoding.info.temperature
-    tolerance = 2 * _noise(spread, cpu).max(dim=1, keepdim=True).values / temperature + cpu.shape[1] * 2.0**-24
+    tolerance = 2 * noise(spread, cpu).max(dim=1, keepdim=True).values / temperature + cpu.shape[1] * 2.0**-24
     counts = (cached.sampled_probs * encoding.draws).round().long().to(fresh.device)
     drawn = feasible_counts(tempered_cdf(fresh, temperature), encoding.uniforms(seeds, fresh.device), counts,
                             tolerance.to(fresh.device)).cpu()

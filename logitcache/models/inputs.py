@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInput, CacheMismatch
+from ..precision import Compute
 from ..views import Normalize, ViewSpec
 
 if TYPE_CHECKING:
@@ -115,10 +116,12 @@ def _channels(values: Sequence[float], option: str) -> tuple[float, ...]:
     return out
 
 
-def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: str) -> Tensor:
+def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: str,
+                 compute: Compute | None = None) -> Tensor:
     """``model``'s logits (eval mode, no gradients) for the clean view of the first image, exactly as
-    training or the dump will feed it, so that a model that cannot take those images (a ViT's patch
-    grid, a fixed input size) is refused, naming the size, before anything is written."""
+    training or the dump will feed it (under ``compute``; fp32 by default), so that a model that
+    cannot take those images (a ViT's patch grid, a fixed input size) is refused, naming the size,
+    before anything is written."""
     from ..loader import ViewBatch, augmented_batches
 
     device = next(model.parameters()).device
@@ -128,7 +131,7 @@ def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: s
     model.eval()
     try:
         with torch.no_grad():
-            return model(images)
+            return (compute or Compute()).forward(model, images)
     except (RuntimeError, AssertionError, ValueError) as e:  # what a model's own input checks raise
         reason = " ".join(str(e).split())[:200]
         size = f"{images.shape[2]}x{images.shape[3]}"

@@ -37,6 +37,7 @@ SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
 # How top-k and sampled stores keep class indices: "packed", ceil(log2(C)) bits each, little-endian,
 # row by row (format 3's default); "int", the narrowest whole integer type (format 2's layout).
 INDEX_LAYOUTS = ("packed", "int")
+PRECISIONS = ("fp32", "bf16", "fp16")  # of the teacher's forward: fp32, or autocast to bf16/fp16
 
 
 def _check(cond: bool, message: str) -> None:
@@ -247,8 +248,14 @@ class CacheSpec:
     codec: CodecInfo = field(default_factory=CodecInfo)
     layout: Layout
     batch_size: int  # teacher forward batch: float results may depend on it, so resume keeps it
+    # How the teacher's forward ran: a bf16 or fp16 teacher is another teacher output (its logits
+    # differ from fp32's by far more than storage rounding), and channels-last kernels round
+    # differently, so both are identity, kept by a resume and replayed by verify.
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        _check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         _check(self.teacher.num_classes == self.dataset.num_classes, (
             f"teacher {self.teacher.name} has {self.teacher.num_classes} classes but dataset "
             f"{self.dataset.name} has {self.dataset.num_classes}: use a teacher trained on this dataset"
@@ -263,6 +270,15 @@ class CacheSpec:
             _check(self.encoding.indices == "int", "a store of format 2 keeps whole-integer class indices (indices='int')")
 
     def to_json(self) -> dict[str, Any]:
+        """The fields; ``precision`` and ``channels_last`` only where they are not fp32 and off, so
+        that the specs (and ids) of stores dumped before they existed are what they were."""
+        d = self._fields_json()
+        for name in _OMITTED_AT_DEFAULT:
+            if d[name] == _SPEC_DEFAULTS[name]:
+                del d[name]
+        return d
+
+    def _fields_json(self) -> dict[str, Any]:
         encoding = self.encoding.to_json()
         if self.format_version < 3:  # format 2's spec had no such key: its JSON (and digest) as it was written
             encoding.pop("indices", None)
@@ -287,7 +303,7 @@ class CacheSpec:
 
     def differences(self, other: CacheSpec) -> list[str]:
         """Dotted field names whose values differ, with both values, for error messages."""
-        return _diff(self.to_json(), other.to_json(), "")
+        return _diff(self._fields_json(), other._fields_json(), "")  # an omitted default shows as its value
 
     def short_id(self) -> str:
         """A 12-hex content fingerprint of the spec, for naming stores in a cache home."""
@@ -347,6 +363,8 @@ def spec_digest(spec_json: Any) -> str:
     return hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
 
 
+_OMITTED_AT_DEFAULT = ("precision", "channels_last")
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CacheSpec) if f.name in _OMITTED_AT_DEFAULT}
 _PARTS = {"teacher": TeacherInfo, "dataset": DatasetInfo, "views": ViewsInfo, "encoding": EncodingInfo,
           "codec": CodecInfo, "layout": Layout}
 # The annotations (strings, under ``from __future__ import annotations``) that JSON values must match.

@@ -77,8 +77,8 @@ def test_the_caches_augmentation_is_the_one_replayed(make_cache, run_cli, tmp_pa
     teacher = build_teacher("resnet8", 10, checkpoint=None, random_init=True, seed=0)
     real, seen = train_module._teacher_view, []
 
-    def checked(reader, online, views, samples, images, target, device):
-        cached = real(reader, online, views, samples, images, target, device)
+    def checked(reader, online, views, samples, images, target, device, compute):
+        cached = real(reader, online, views, samples, images, target, device, compute)
         with torch.inference_mode():
             fresh = teacher(images).float()
         assert torch.allclose(cached.logits, fresh, rtol=1e-5, atol=1e-5)
