@@ -66,6 +66,8 @@ def files(tmp_path_factory):
         state = dict(good)
         state["fc.bias"] = torch.full_like(good["fc.bias"], float(bad))
         torch.save(state, root / f"{bad}.pt")
+    # Logits of about 1e5: finite in fp32 and bf16, beyond fp16's 65504.
+    torch.save({**good, "fc.weight": good["fc.weight"] * 1e6}, root / "huge.pt")
     (root / "plain").mkdir()
     (root / "plain" / "notes.txt").write_text("not a store")
     (root / "empty").mkdir()
@@ -192,9 +194,24 @@ def test_a_teacher_that_outputs_non_finite_logits(bad, files, run_cli, tmp_path)
     assert not out.exists()
 
 
-def test_non_finite_logits_mid_dump_are_never_marked_done(tmp_path, monkeypatch):
-    """A teacher that goes NaN on one sample only: the dump stops naming it, no block holding it is
-    done, and nothing is written after ``dump`` has returned (the writer finished first)."""
+def test_fp16_overflow_is_refused_naming_the_sample_and_the_precision_to_use(files, run_cli, tmp_path):
+    """Under --precision fp16 a teacher whose logits exceed 65504 gives inf: refused before anything
+    is written, saying so; the suggested --precision bf16 dumps the same teacher."""
+    out = tmp_path / "c.zarr"
+    args = [*DUMP, "--dataset", SYNTHETIC, "--checkpoint", files / "huge.pt", "--dtype", "fp32", "--out", out]
+    line = _one_line(run_cli([*args, "--precision", "fp16"]))
+    assert "NaN/inf logits for sample 0 (unaugmented); nothing was written" in line
+    assert "overflows fp16" in line and "--precision bf16" in line
+    assert not out.exists()
+    assert run_cli([*args, "--precision", "bf16"]).code == 0
+    assert ZarrStore.open(out).provenance.complete
+
+
+@pytest.mark.parametrize("bad", ["nan", "fp16-overflow"])
+def test_non_finite_logits_mid_dump_are_never_marked_done(bad, tmp_path, monkeypatch):
+    """A teacher that goes NaN (or beyond fp16's range, under --precision fp16) on one sample only:
+    the dump stops naming it (and the precision to use instead of the overflowing one), no block
+    holding it is done, and nothing is written after ``dump`` has returned (the writer finished first)."""
     real, write_block = dump_module.build_teacher, ZarrStore.write_block
 
     class NaNOnSample(torch.nn.Module):
@@ -204,8 +221,8 @@ def test_non_finite_logits_mid_dump_are_never_marked_done(tmp_path, monkeypatch)
 
         def forward(self, x):
             out = self.inner(x)
-            hit = (x.flatten(1) == self.poison).all(dim=1)
-            return torch.where(hit[:, None], torch.nan, out)
+            hit = (x.flatten(1) == self.poison).all(dim=1)[:, None]
+            return torch.where(hit, torch.nan, out) if bad == "nan" else torch.where(hit, out * 1e6, out)
 
     def build(*args, **kwargs):
         model = NaNOnSample(real(*args, **kwargs))
@@ -228,8 +245,10 @@ def test_non_finite_logits_mid_dump_are_never_marked_done(tmp_path, monkeypatch)
     monkeypatch.setattr(dump_module, "_run", run)
     out = tmp_path / "c.zarr"
     config = dump_module.DumpConfig(teacher="resnet8", dataset=SYNTHETIC, out=str(out), random_init=True, views=1,
-                                    topk=3, chunk_samples=8, batch_size=8, device="cpu", progress=False)
-    with pytest.raises(dump_module.DataError, match=r"NaN/inf logits for sample 37 \(view 0\)"):
+                                    topk=3, chunk_samples=8, batch_size=8, device="cpu", progress=False,
+                                    precision="fp32" if bad == "nan" else "fp16")
+    why = "check the checkpoint" if bad == "nan" else "overflows fp16.*--precision bf16"
+    with pytest.raises(dump_module.DataError, match=rf"NaN/inf logits for sample 37 \(view 0\).*{why}"):
         dump_module.dump(config)
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     time.sleep(0.3)
