@@ -398,7 +398,7 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
 
 
 def check_finite(logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor, compute: Compute,
-                 samples: np.ndarray, view: str, consequence: str) -> None:
+                 samples: np.ndarray, where: str, consequence: str) -> None:
     """Refuse a batch of teacher logits holding NaN/inf, naming the first such (view, sample): a
     precision's overflow (the row is finite in fp32) with the precision to use instead, anything
     else as the checkpoint's or the data's problem. Never stored: the caller has not written it."""
@@ -406,10 +406,10 @@ def check_finite(logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor,
     if not bad.any():
         return
     row = int(bad.nonzero()[0, 0])
-    where = f"teacher produced NaN/inf logits for sample {int(samples[row])} ({view}); {consequence}"
+    what = f"teacher produced NaN/inf logits for sample {int(samples[row])} ({where}); {consequence}"
     if compute.amp and bool(torch.isfinite(teacher(compute.inputs(images[row : row + 1]))).all()):
-        raise DataError(f"{where}: {compute.overflow_hint()}")
-    raise DataError(f"{where}: check the checkpoint (was it trained to convergence?) and the input data")
+        raise DataError(f"{what}: {compute.overflow_hint()}")
+    raise DataError(f"{what}: check the checkpoint (was it trained to convergence?) and the input data")
 
 
 def finalize(

@@ -8,10 +8,10 @@ replayed, the teacher recomputes the logits (in the forward precision of the dum
 fp32), and the stored values must equal them within the precision they were stored in: half a
 step of the dtype (for fp16/bf16 relative to each value's gap from the row's top logit, which is
 what they store) plus float noise from a different batch composition or device (a few ulps of
-bf16/fp16 for a teacher dumped under that autocast). The fresh logits are compared as they are, not re-encoded: an encoding
-that lost what matters (say, absolute fp16 values of logits with a common offset of 60,000)
-would otherwise agree with itself. Stored NaN/inf values are failures wherever they are found:
-every stored pair is checked for them, not only the replayed ones.
+bf16/fp16 for a teacher dumped under that autocast). The fresh logits are compared as they are,
+not re-encoded: an encoding that lost what matters (say, absolute fp16 values of logits with a
+common offset of 60,000) would otherwise agree with itself. Stored NaN/inf values are failures
+wherever they are found: every stored pair is checked for them, not only the replayed ones.
 """
 
 from __future__ import annotations
