@@ -68,7 +68,8 @@ def describe_teacher(teacher: TeacherInfo, test_accuracy: float | None) -> str:
 def describe_cache(spec: CacheSpec, teacher_test_accuracy: float | None) -> str:
     """One line on what a cache holds: teacher (with its weights), data, views, encoding."""
     return (f"{describe_teacher(spec.teacher, teacher_test_accuracy)}, on {spec.dataset.name} [{spec.dataset.split}], "
-            f"{plural(spec.views.count, 'view')}, {spec.encoding.describe()}")
+            f"{plural(spec.views.count, 'view')}, {spec.encoding.describe()}"
+            + (f", teacher forward {spec.precision}" if spec.precision != "fp32" else ""))
 
 
 def list_caches(home: str | None = None, *, skipped: list[str] | None = None) -> list[CacheEntry]:

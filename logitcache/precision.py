@@ -70,7 +70,14 @@ class Compute:
 
     def scaler(self) -> torch.amp.GradScaler:
         """A loss scaler for fp16 training; a pass-through (disabled) one otherwise."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+        wanted = self.precision == "fp16"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # where torch cannot scale, it warns and disables: refused below
+            scaler = torch.amp.GradScaler(self.device_type, enabled=wanted)
+        if wanted and not scaler.is_enabled():
+            raise BadInput(f"--precision fp16 training needs a loss scaler, which torch {torch.__version__} does not "
+                           f"provide on {self.device_type}: use --precision bf16 or fp32")
+        return scaler
 
     def overflow_hint(self) -> str:
         """What to suggest when this compute's forward gave NaN/inf where fp32's would not."""

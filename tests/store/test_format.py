@@ -69,6 +69,8 @@ def specs(draw) -> CacheSpec:
         layout=Layout(chunk_samples=draw(st.integers(1, 10**5)), shard_chunks=draw(st.integers(0, 64))),
         batch_size=draw(st.integers(1, 4096)),
         format_version=version,
+        precision=draw(st.sampled_from(["fp32", "bf16", "fp16"])),
+        channels_last=draw(st.booleans()),
     )
 
 
@@ -81,6 +83,9 @@ def test_spec_json_round_trip(spec):
     assert back.differences(spec) == []
     assert back.short_id() == spec.short_id()
     assert ViewSpec.from_json(back.views.augmentation).to_json() == spec.views.augmentation
+    # Absent at their defaults: a store dumped before these fields existed keeps its spec and id.
+    assert ("precision" in spec.to_json()) == (spec.precision != "fp32")
+    assert ("channels_last" in spec.to_json()) == spec.channels_last
 
 
 def test_provenance_round_trip_ignores_unknown_keys():
@@ -137,6 +142,7 @@ def test_malformed_metadata_is_refused():
         (dict(encoding=EncodingInfo(kind="topk", dtype="fp16", k=10)), "k < number of classes"),
         (dict(teacher=TeacherInfo(name="resnet8", weights_sha256=SHA, num_classes=100)), "100 classes but dataset"),
         (dict(batch_size=0), "batch_size"),
+        (dict(precision="fp8"), "unknown precision 'fp8': use fp32, bf16, fp16"),
     ],
 )
 def test_spec_validation(change, message):
@@ -245,7 +251,8 @@ def test_every_stored_field_has_a_checked_json_type():
 
 
 @pytest.mark.parametrize(("path", "value"), [("views.count", "3"), ("views.clean", 1), ("layout.chunk_samples", True),
-                                             ("views.augmentation", []), ("teacher", "resnet8"), ("batch_size", 7.0)])
+                                             ("views.augmentation", []), ("teacher", "resnet8"), ("batch_size", 7.0),
+                                             ("precision", 16), ("channels_last", 1)])
 def test_a_field_of_the_wrong_json_type_is_malformed(path, value):
     d = _spec().to_json()
     *parents, last = path.split(".")

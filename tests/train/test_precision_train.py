@@ -81,6 +81,15 @@ def test_channels_last_trains_what_contiguous_does(synthetic_full_cache, train_r
     assert read_json(b / "config.json")["config"]["channels_last"] is True
 
 
+def test_eval_runs_a_checkpoint_at_the_precision_asked(synthetic_full_cache, train_run, run_cli):
+    _, out = train_run(method="kd", cache=synthetic_full_cache)
+    args = ["eval", "--checkpoint", out / "best.pt", "--dataset", SYNTHETIC, "--device", "cpu"]
+    plain, amp = run_cli(args), run_cli([*args, "--precision", "bf16", "--channels-last"])
+    assert plain.code == 0 and amp.code == 0, amp.err
+    top1 = [float(r.out.splitlines()[-1].split()[1].rstrip("%")) for r in (plain, amp)]
+    assert abs(top1[0] - top1[1]) <= 100 * 4 / 64  # up to 4 of the 64 test images may flip with bf16 rounding
+
+
 def test_an_unknown_precision_is_one_line_before_anything_is_written(fp16_args, run_cli, tmp_path):
     result = run_cli([*fp16_args, "--precision", "fp8"])
     assert result.code == 2 and result.err.strip() == "error: unknown --precision 'fp8': use fp32, bf16, fp16"
