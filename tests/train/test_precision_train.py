@@ -5,13 +5,16 @@ and keeps it on ``--resume``."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 
 import pytest
 import torch
 
-from conftest import SYNTHETIC, train_module
 from train_helpers import max_abs_diff, read_json, weights
+
+train_module = importlib.import_module("logitcache.train")  # the package re-exports the function
+SYNTHETIC = "synthetic:n=64,size=8"
 
 
 def _output_dtypes(monkeypatch, builder: str) -> list[torch.dtype]:
