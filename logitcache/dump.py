@@ -374,8 +374,8 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     logits = compute.forward(teacher, images)
-                    check_finite(logits, teacher, images, compute, batch.samples, f"view {v}",
-                                 "the block was not written")
+                    check_finite(logits, compute, batch.samples, f"view {v}", "the block was not written",
+                                 fp32=lambda row: teacher(compute.inputs(images[row : row + 1])))
                 labels = torch.from_numpy(true_labels(dataset, view_spec, batch))
                 parts.append(encoding.encode_pairs(logits, labels, batch.seeds))
                 result.teacher_seconds += time.perf_counter() - t0
@@ -397,17 +397,18 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
     return result
 
 
-def check_finite(logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor, compute: Compute,
-                 samples: np.ndarray, where: str, consequence: str) -> None:
+def check_finite(logits: torch.Tensor, compute: Compute, samples: np.ndarray, where: str, consequence: str, *,
+                 fp32: Callable[[int], torch.Tensor]) -> None:
     """Refuse a batch of teacher logits holding NaN/inf, naming the first such (view, sample): a
-    precision's overflow (the row is finite in fp32) with the precision to use instead, anything
-    else as the checkpoint's or the data's problem. Never stored: the caller has not written it."""
+    precision's overflow (``fp32(row)``, that row's forward in fp32, is finite) with the precision
+    to use instead, anything else as the checkpoint's or the data's problem. Never stored: the
+    caller has not written it."""
     bad = ~torch.isfinite(logits).all(dim=1)
     if not bad.any():
         return
     row = int(bad.nonzero()[0, 0])
     what = f"teacher produced NaN/inf logits for sample {int(samples[row])} ({where}); {consequence}"
-    if compute.amp and bool(torch.isfinite(teacher(compute.inputs(images[row : row + 1]))).all()):
+    if compute.amp and bool(torch.isfinite(fp32(row)).all()):
         raise DataError(f"{what}: {compute.overflow_hint()}")
     raise DataError(f"{what}: check the checkpoint (was it trained to convergence?) and the input data")
 
