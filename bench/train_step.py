@@ -26,6 +26,7 @@ import torch
 from logitcache.datasets import open_dataset
 from logitcache.methods import get_method, resolve_hparams
 from logitcache.models import create_model
+from logitcache.precision import Compute
 from logitcache.store.format import DatasetInfo, EncodingInfo
 from logitcache.store.reader import CacheReader
 from logitcache.train import TrainConfig, _train_epoch, _Views
@@ -171,9 +172,10 @@ class _Mode:
         self.optimizer.state.clear()
         self.hook = hook
         epoch_views = self.views.for_epoch("cycle", 1, self.config.seed)
+        compute = Compute()  # fp32, contiguous: train()'s default
         _train_epoch(self.model, self.loss_fn, self.hparams, train_set, np.arange(len(train_set)), view_spec,
-                     self.views, epoch_views, self.reader, self.teacher, self.config, 1, self.optimizer, self.device,
-                     0, 1, None)  # every sample labelled
+                     self.views, epoch_views, self.reader, self.teacher, self.config, 1, self.optimizer,
+                     compute.scaler(), compute, self.device, 0, 1, None)  # every sample labelled
 
 
 def _loss_seconds(method: str, device: torch.device, reps: int = 300, rows: int = BATCH, classes: int = 100) -> float:
