@@ -1,4 +1,4 @@
-"""10. Mixed precision and channels-last: dump and training rates under ``--precision fp32|bf16|fp16``
+"""11. Mixed precision and channels-last: dump and training rates under ``--precision fp32|bf16|fp16``
 and ``--channels-last`` on and off, each as a ratio to fp32 contiguous in the same run.
 
 Both are the library calls a user makes: ``dump(DumpConfig(...))`` (its stage-one loop rate,
@@ -97,7 +97,7 @@ def run(ctx: Ctx) -> Section:
         table(["precision", "channels-last", "dump samples/s", "dump ×", "spread", "train samples/s", "train ×",
                "spread"], rows),
     ]
-    return Section("10. Mixed precision and channels-last", "\n\n".join(body))
+    return Section("11. Mixed precision and channels-last", "\n\n".join(body))
 
 
 def main(argv: list[str] | None = None) -> None:
