@@ -23,7 +23,7 @@ from image_files import write_png
 
 from logitcache.errors import CacheIncomplete
 from logitcache.models import create_model
-from logitcache.store.format import ATTR
+from logitcache.store.format import ATTR, FORMAT_VERSION
 from logitcache.store.reader import CacheReader
 from logitcache.store.zarr_store import DONE, ZarrStore
 
@@ -95,7 +95,7 @@ def newer_store(make_cache, tmp_path_factory):
     path = tmp_path_factory.mktemp("newer") / "c.zarr"
     shutil.copytree(make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16), path)
     meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"][ATTR]["spec"]["format_version"] = 3
+    meta["attributes"][ATTR]["spec"]["format_version"] = FORMAT_VERSION + 1
     (path / "zarr.json").write_text(json.dumps(meta))
     return path
 
@@ -106,7 +106,8 @@ CACHES = {  # --cache value -> words the message must hold
     "empty folder": ("empty", ["is not a zarr store (no zarr.json)"]),
     "folder of other files": ("plain", ["is not a zarr store (no zarr.json)"]),
     "zarr group, not a cache": ("other.zarr", ["is a zarr group but not a logitcache store"]),
-    "newer format": ("NEWER", ["store format version 3 is newer than this logitcache reads (2)", "upgrade logitcache"]),
+    "newer format": ("NEWER", [f"store format version {FORMAT_VERSION + 1} is newer than this logitcache reads "
+                               f"({FORMAT_VERSION})", "upgrade logitcache"]),
 }
 
 
