@@ -111,10 +111,17 @@ def test_an_online_timm_teacher_sees_its_own_normalisation():
     assert torch.allclose(wrapped, direct, atol=1e-4)
 
 
-def test_online_timm_teacher_trains(setup, tmp_path, run_cli):
-    result = run_cli([*TRAIN, "--teacher-online", "--teacher", TEACHER, "--checkpoint", setup.ckpt,
-                      "--student", "resnet8", "--out", tmp_path / "run"])
-    assert result.code == 0 and "input      teacher timm:test_resnet" in result.out, result
+def test_an_online_timm_teacher_trains_the_student_its_cache_trains(setup, tmp_path, run_cli):
+    # resnet8 sees the dataset's normalisation (std 0.25), the online teacher its own (std 0.5), as the dump fed it.
+    full = tmp_path / "full.zarr"
+    assert run_cli([*DUMP[:3], "--teacher", TEACHER, "--checkpoint", setup.ckpt, "--views", "1", "--full", "--dtype",
+                    "fp32", "--device", "cpu", "--workers", "0", "--quiet", "--out", full]).code == 0
+    cached = run_cli([*TRAIN, "--cache", full, "--student", "resnet8", "--out", tmp_path / "cached"])
+    online = run_cli([*TRAIN, "--cache", full, "--teacher-online", "--teacher", TEACHER, "--checkpoint", setup.ckpt,
+                      "--student", "resnet8", "--out", tmp_path / "online"])
+    assert cached.code == 0 and online.code == 0 and "input      teacher timm:test_resnet" in online.out, online
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in ("cached", "online"))
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-4
 
 
 # --------------------------------------------------------------------------- identity
