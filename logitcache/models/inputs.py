@@ -26,7 +26,8 @@ from ..views import Normalize, ViewSpec
 if TYPE_CHECKING:
     from ..datasets import ImageDataset
 
-# logitcache's resized crops use one resampler: its exact, replayable antialiased bilinear filter.
+# logitcache resamples every resized crop with one filter, Pillow's bilinear one (the views'
+# recorded ``resampler``), whatever a model's config asks for.
 REPLAYED_INTERPOLATION = "bilinear"
 
 
@@ -36,7 +37,7 @@ class ModelInput:
 
     ``size``: the side of its square input; ``crop_pct``: the share of the resized image the clean
     (evaluation) view keeps; ``interpolation``: what the configuration asks for (logitcache
-    resamples with its exact bilinear filter whatever it says); ``origin``: where it came from.
+    resamples with Pillow's bilinear filter whatever it says); ``origin``: where it came from.
     """
 
     mean: tuple[float, ...]
@@ -98,7 +99,7 @@ class ModelInput:
             geometry = f"{view.size}x{view.size}, the dataset's own" + (
                 f" (the config's {self.size} applies to image folders)" if self.size != view.size else "")
         resampler = ("" if self.interpolation == REPLAYED_INTERPOLATION else
-                     f", resampled bilinear (the config's {self.interpolation} is not replayed bit for bit)")
+                     f", resampled bilinear (the config asks for {self.interpolation}; resized crops here are bilinear)")
         return (f"{geometry}, mean ({fmt(f'{m:g}' for m in self.mean)}) std ({fmt(f'{s:g}' for s in self.std)})"
                 f"{resampler}, from {self.origin}")
 
