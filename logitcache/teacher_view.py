@@ -219,17 +219,17 @@ class TeacherView:
 def _rebuild(view: TeacherView) -> Tensor:
     values, indices, lse = view.topk_values, view.topk_indices, view.lse
     batch, num_classes = values.shape[0], view.num_classes
-    known = torch.zeros(batch, num_classes, dtype=torch.bool, device=values.device)
-    known.scatter_(1, indices, True)
-    known.scatter_(1, view.target[:, None], True)
-    logits = torch.empty(batch, num_classes, dtype=torch.float32, device=values.device)
-    logits.scatter_(1, indices, values)
+    target = view.target[:, None]
     # The true-class logit is stored in fp32 even when the values are fp16: it wins.
-    logits.scatter_(1, view.target[:, None], view.target_logit[:, None])
-
-    known_logits = logits.masked_fill(~known, float("-inf"))
-    log_known_mass = (torch.logsumexp(known_logits, dim=1) - lse).clamp(max=_MAX_KNOWN_LOG_MASS)
-    n_rest = (num_classes - known.sum(dim=1)).clamp(min=1).float()
+    is_target = indices == target
+    values = torch.where(is_target, view.target_logit[:, None], values)
+    outside = ~is_target.any(dim=1, keepdim=True)  # the true class is known beside the top-k
+    # The known mass from the k (+1) known logits alone: a language model's C is ~1e5, k ~ 1e1.
+    extra = torch.where(outside, view.target_logit[:, None], float("-inf"))
+    log_known_mass = (torch.logsumexp(torch.cat([values, extra], dim=1), dim=1) - lse).clamp(max=_MAX_KNOWN_LOG_MASS)
+    n_rest = (num_classes - indices.shape[1] - outside[:, 0].long()).clamp(min=1).float()
     # log(1 - m) as log(-expm1(log m)): no cancellation when the known mass is close to 1.
     rest_logit = lse + torch.log(-torch.expm1(log_known_mass)) - torch.log(n_rest)
-    return torch.where(known, logits, rest_logit[:, None])
+    logits = rest_logit[:, None].expand(batch, num_classes).contiguous()
+    logits.scatter_(1, indices, values)
+    return logits.scatter_(1, target, view.target_logit[:, None])
