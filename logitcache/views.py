@@ -383,5 +383,6 @@ class Normalize:
                 torch.tensor(self.std, dtype=torch.float32, device=key).view(1, -1, 1, 1),
             )
         mean, std = self._cache[key]
-        # In place: the same three IEEE operations per pixel, without two more batch-sized tensors.
-        return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+        # In place on a copy (never the caller's tensor): the same three IEEE operations per pixel,
+        # without two more batch-sized tensors.
+        return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)

@@ -314,3 +314,5 @@ def test_normalize():
     norm = Normalize((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
     want = (images.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.25, 1.0]).view(1, 3, 1, 1)
     assert torch.equal(norm(images), want)
+    floats = images.float()
+    assert torch.equal(norm(floats), want) and torch.equal(floats, images.float())  # its input is left alone
