@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from logitcache._utils import human_bytes  # noqa: F401 (re-exported for the commands)
 from logitcache.errors import BadInput
 from logitcache.views import STRONG_FIELDS, ViewSpec
 
@@ -54,11 +55,5 @@ def strong_augmentation(aa: str | None, color_jitter: float, reprob: float, mixu
                  mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob)
     defaults = {f.name: f.default for f in fields(ViewSpec) if f.name in STRONG_FIELDS}
     return {k: v for k, v in given.items() if v != defaults[k]}
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+SeqLenOpt = Annotated[int | None, typer.Option(
+    help="Text datasets: tokens per packed sequence (at most the model's max_position_embeddings).")]

@@ -28,6 +28,7 @@ from ._options import (
     QuietOpt,
     RandomInitOpt,
     ReprobOpt,
+    SeqLenOpt,
     StdOpt,
     channel_values,
     strong_augmentation,
@@ -47,15 +48,16 @@ def _resolve_shard(text: str | None) -> tuple[int, int]:
 
 
 def dump_command(
-    teacher: Annotated[str, typer.Option(help="Teacher model name (`logitcache models`), tv:<torchvision name> or timm:<timm name>[.<tag>] (`logitcache models --timm`).")],
-    dataset: Annotated[str, typer.Option(help="cifar10, cifar100, digits, imagefolder:<path> or synthetic[:n=..,classes=..].")],
+    teacher: Annotated[str, typer.Option(help="Teacher model name (`logitcache models`), tv:<torchvision name>, timm:<timm name>[.<tag>] (`logitcache models --timm`) or hf:DIR (a causal LM folder).")],
+    dataset: Annotated[str, typer.Option(help="cifar10, cifar100, digits, imagefolder:<path>, synthetic[:n=..,classes=..] or text:PATH (with an hf: teacher and --seq-len).")],
     out: Annotated[str | None, typer.Option(help="Store to write: a path or an fsspec URL (s3://bucket/c.zarr) [default: a content-addressed name in LOGITCACHE_HOME].")] = None,
     checkpoint: CheckpointOpt = None,
     random_init: RandomInitOpt = False,
     data_root: DataRootOpt = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download CIFAR into --data-root.")] = False,
     split: Annotated[str, typer.Option(help="Dataset split to cache.")] = "train",
-    views: Annotated[int, typer.Option(help="Number of augmented views per sample.")] = 8,
+    views: Annotated[int | None, typer.Option(help="Number of augmented views per sample [default: 8; text has only its clean view].")] = None,
+    seq_len: SeqLenOpt = None,
     clean_view: Annotated[bool, typer.Option(help="Also store view 0: the clean, unaugmented image.")] = True,
     augment: Annotated[
         str | None, typer.Option(help="Augmentation: crop:SIZE:PAD[:noflip] or resized_crop:SIZE[:MIN-MAX][:noflip]. Default: the dataset's.")
@@ -74,7 +76,7 @@ def dump_command(
     sample_temperature: Annotated[float | None, typer.Option(help="Temperature of the softmax --sample draws from; KD must train at the same T. [default: 1]")] = None,
     codec: Annotated[str, typer.Option(help="none or blosc-CNAME[-LEVEL[-SHUFFLE]].")] = "blosc-zstd-5",
     checksum: Annotated[bool, typer.Option(help="crc32c checksum on every chunk.")] = True,
-    chunk_samples: Annotated[int, typer.Option(help="Samples per chunk.")] = 4096,
+    chunk_samples: Annotated[int | None, typer.Option(help="Samples (rows: token positions for text) per chunk [default: 4096; for text whole sequences near it].")] = None,
     shard_chunks: Annotated[int | None, typer.Option(help="Chunks per zarr shard (0: unsharded). Default: 16 for large datasets.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed of every view's augmentation.")] = 0,
     mean: MeanOpt = None,
@@ -82,7 +84,7 @@ def dump_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = False,
-    batch_size: Annotated[int, typer.Option(help="Teacher forward batch size.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Teacher forward batch size (images, or sequences for text).")] = 256,
     workers: Annotated[int, typer.Option(help="Loader processes for image folders.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store made with other settings.")] = False,
     shard: Annotated[str | None, typer.Option(help="Write only part I of N of the store (e.g. Slurm arrays): I/N. Under torchrun: RANK/WORLD_SIZE.")] = None,
@@ -104,7 +106,7 @@ def dump_command(
     sampling = {} if sample is None else {"samples": sample, "sample_temperature": 1.0 if sample_temperature is None else sample_temperature}
     config = DumpConfig(
         teacher=teacher, dataset=dataset, out=out, checkpoint=checkpoint, random_init=random_init,
-        data_root=data_root, download=download, split=split, views=views, clean_view=clean_view,
+        data_root=data_root, download=download, split=split, views=views, seq_len=seq_len, clean_view=clean_view,
         augmentation=augment, encoding=encoding,
         mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
         strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), topk=topk, dtype=dtype, **sampling, codec=codec,

@@ -31,17 +31,21 @@ def info_command(
     info = cache_info(cache, stats=stats, progress=not quiet and not as_json)
     count = info.spec["views"]["count"]
     epochs = count if epochs is None else epochs
-    seen = distinct_views(count, epochs)
+    # Text has no augmented views: every epoch shows the one clean view.
+    seen = distinct_views(count, epochs) if count else None
     if as_json:
         d = dataclasses.asdict(info)
         d.update(compression_ratio=info.compression_ratio, bytes_per_pair=info.bytes_per_pair,
-                 distinct_views={"epochs": epochs, **seen})
+                 distinct_views=None if seen is None else {"epochs": epochs, **seen})
+        if info.clean is not None:
+            d["clean"]["perplexity"] = info.clean.perplexity
         typer.echo(json.dumps(d, indent=2))
         return
     typer.echo(render(info))
-    typer.echo(f"epochs       a run of {plural(epochs, 'epoch')} shows each sample {seen['cycle']:g} distinct "
-               f"augmented view{'s' * (seen['cycle'] != 1)} with --view-policy cycle (a fresh view each epoch for "
-               f"{plural(count, 'epoch')}), {seen['random']:.1f} on average with random")
+    if seen is not None:
+        typer.echo(f"epochs       a run of {plural(epochs, 'epoch')} shows each sample {seen['cycle']:g} distinct "
+                   f"augmented view{'s' * (seen['cycle'] != 1)} with --view-policy cycle (a fresh view each epoch "
+                   f"for {plural(count, 'epoch')}), {seen['random']:.1f} on average with random")
 
 
 def render(info: CacheInfo) -> str:
@@ -50,30 +54,33 @@ def render(info: CacheInfo) -> str:
     enc = EncodingInfo(**s["encoding"])
     acc = p.get("teacher_test_accuracy")
     layout = s["layout"]
+    text = bool(d.get("seq_len"))
     lines = [
         f"cache        {info.location}  (format v{s['format_version']}, logitcache {p['tool_version']})",
         f"status       {'complete' if p['complete'] else 'INCOMPLETE'}; created {p['created_at']}"
         + (f", finished {p['finished_at']}" if p.get("finished_at") else ""),
         f"teacher      {t['name']}  weights sha256 {t['weights_sha256'][:16]}…"
-        + (f"  test accuracy {acc:.2f}% ({plural(p['teacher_test_samples'], 'image')})" if acc is not None else ""),
+        + (f"  test {'next-token ' * text}accuracy {acc:.2f}% ({plural(p['teacher_test_samples'], 'token' if text else 'image')})"
+           if acc is not None else ""),
         *([f"teacher in   {ModelInput.from_json(t['input']).describe(ViewSpec.from_json(v['augmentation']))}"]
           if t.get("input") else []),
         # Stores dumped before these fields existed ran the teacher in fp32, contiguous.
         f"forward      {s.get('precision', 'fp32')}" + (", channels-last" if s.get("channels_last") else "")
         + " (the teacher's, as dumped and as verify replays it)",
-        f"dataset      {d['name']} [{d['split']}]  {plural(d['num_samples'], 'sample')}, {d['num_classes']} classes, "
-        f"fingerprint {d['fingerprint'][:16]}…",
+        _dataset_line(d),
+        "views        one clean view of token rows (text is not augmented)" if text else
         f"views        {v['count']} augmented" + (" + clean view 0" if v["clean"] else "")
         + f", seed {v['seed']}, {ViewSpec.from_json(v['augmentation']).describe()}",
         f"encoding     {enc.describe()}; chunks of {plural(layout['chunk_samples'], 'sample')}"
         + (f", {plural(layout['shard_chunks'], 'chunk')} per shard" if layout["shard_chunks"] else ""),
         f"stored as    {_stored_as(enc)}",
         f"size         {human_bytes(info.bytes_on_disk)} on disk, {human_bytes(info.raw_bytes)} raw: "
-        f"ratio {info.compression_ratio:.2f}, {info.bytes_per_pair:.1f} B per sample-view",
+        f"ratio {info.compression_ratio:.2f}, {info.bytes_per_pair:.1f} B per "
+        + ("token" if text else "sample-view"),
     ]
-    for label, st in (("clean view", info.clean), ("augmented", info.augmented)):
+    for label, st in (("tokens" if text else "clean view", info.clean), ("augmented", info.augmented)):
         if st is not None:
-            lines.append(_stats_line(label, st))
+            lines.append(_stats_line(label, st, text))
     lines += [f"note         {n}" for n in info.notes]
     return "\n".join(lines)
 
@@ -96,7 +103,22 @@ def _stored_as(enc: EncodingInfo) -> str:
             "logit in fp32")
 
 
-def _stats_line(label: str, st: ViewStats) -> str:
+def _dataset_line(d: dict) -> str:
+    if d.get("seq_len"):
+        return (f"dataset      {d['name']} [{d['split']}]  {plural(d['num_samples'], 'token')} in "
+                f"{plural(d['num_samples'] // d['seq_len'], 'sequence')} of {d['seq_len']}, vocabulary "
+                f"{d['num_classes']:,}, tokenizer {d['tokenizer'][:16]}…, fingerprint {d['fingerprint'][:16]}…")
+    return (f"dataset      {d['name']} [{d['split']}]  {plural(d['num_samples'], 'sample')}, {d['num_classes']} classes, "
+            f"fingerprint {d['fingerprint'][:16]}…")
+
+
+def _stats_line(label: str, st: ViewStats, text: bool) -> str:
+    if text:  # rows are positions, the true class the next token
+        if st.misinstruction_rate is None:
+            return f"{label:<12} teacher perplexity {st.perplexity:.2f}  [{plural(st.samples, 'token')}]"
+        return (f"{label:<12} teacher perplexity {st.perplexity:.2f}, next-token accuracy "
+                f"{100 * (1 - st.misinstruction_rate):.2f}%, mis-instruction {100 * st.misinstruction_rate:.2f}%, "
+                f"ECE {st.ece:.4f}, mean entropy {st.mean_entropy:.3f} nats  [{plural(st.samples, 'token')}]")
     if st.misinstruction_rate is None:
         return f"{label:<12} mean p(true class) {st.mean_target_prob:.3f}  [{plural(st.samples, 'pair')}]"
     return (

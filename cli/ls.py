@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from logitcache._utils import plural
-from logitcache.cache_home import cache_home, describe_teacher, list_caches
+from logitcache.cache_home import cache_home, describe_teacher, describe_views, list_caches
 
 from ._options import human_bytes
 
@@ -33,7 +33,7 @@ def ls_command(
         status = "" if e.complete else "  [INCOMPLETE]"
         typer.echo(f"{e.location}{status}\n    {describe_teacher(s.teacher, e.teacher_test_accuracy)}, "
                    f"on {s.dataset.name} [{s.dataset.split}] "
-                   f"({plural(s.dataset.num_samples, 'sample')}), {plural(s.views.count, 'view')}, {s.encoding.describe()}, "
+                   f"({plural(s.dataset.num_samples, 'sample')}), {describe_views(s)}, {s.encoding.describe()}, "
                    f"{human_bytes(e.bytes_on_disk)}, created {e.created_at}")
 
 

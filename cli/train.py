@@ -26,6 +26,7 @@ from ._options import (
     PrecisionOpt,
     QuietOpt,
     ReprobOpt,
+    SeqLenOpt,
     StdOpt,
     channel_values,
     strong_augmentation,
@@ -33,7 +34,7 @@ from ._options import (
 
 
 def train_command(
-    student: Annotated[str, typer.Option(help="Student model name (`logitcache models`), tv:<name> or timm:<name>[.<tag>].")],
+    student: Annotated[str, typer.Option(help="Student model name (`logitcache models`), tv:<name>, timm:<name>[.<tag>] or hf:DIR (a causal LM folder; config-only: random init).")],
     dataset: Annotated[str, typer.Option(help="Dataset the student trains on (must match the cache).")],
     out: Annotated[str, typer.Option(help="Run folder: config.json, metrics.jsonl, last.pt, best.pt, summary.json.")],
     method: Annotated[str, typer.Option(help="KD method (`logitcache methods`); ce trains without a teacher.")] = "kd",
@@ -58,6 +59,7 @@ def train_command(
     label_fraction: Annotated[float, typer.Option(help="Keep the labels of only this seeded share of the training images (by --seed); KD methods train on every image, with the teacher's targets and no CE term where the label is missing, ce on the labelled ones only (docs/methods.md) [default: 1, every label].")] = 1.0,
     view_policy: Annotated[str, typer.Option(help="cycle (view e mod V in epoch e) or random (seeded random view per sample and epoch).")] = "cycle",
     views: Annotated[int | None, typer.Option(help="Without a cache: views to derive [default: one per epoch].")] = None,
+    seq_len: SeqLenOpt = None,
     view_seed: Annotated[int, typer.Option(help="Without a cache: the seed views derive from (as dump --seed).")] = 0,
     aa: AaOpt = None,
     color_jitter: ColorJitterOpt = 0.0,
@@ -97,7 +99,7 @@ def train_command(
         overrides=tuple(set_ or ()), epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
         weight_decay=weight_decay, milestones=stones, lr_decay=lr_decay, val_fraction=val_fraction,
         label_fraction=label_fraction,
-        view_policy=view_policy, views=views, view_seed=view_seed,
+        view_policy=view_policy, views=views, seq_len=seq_len, view_seed=view_seed,
         mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
         strong=strong_augmentation(aa, color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob), seed=seed, device=device,
         precision=precision, channels_last=channels_last, workers=workers,

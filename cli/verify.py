@@ -17,7 +17,7 @@ def verify_command(
     checkpoint: CheckpointOpt = None,
     random_init: RandomInitOpt = False,
     data_root: DataRootOpt = None,
-    samples: Annotated[int, typer.Option(help="Random (view, sample) pairs to replay through the teacher; 0: integrity only.")] = 256,
+    samples: Annotated[int, typer.Option(help="Random (view, sample) pairs to replay through the teacher (for text: sequences, every position compared); 0: integrity only.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed choosing the pairs.")] = 0,
     device: DeviceOpt = "auto",
     repair: Annotated[bool, typer.Option(help="Mark blocks with bad chunks for rewriting by the dump command.")] = False,

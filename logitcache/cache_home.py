@@ -35,8 +35,15 @@ def cache_home() -> str:
 
 def store_name(spec: CacheSpec) -> str:
     """The readable, content-addressed name a spec is filed under."""
-    dataset = re.sub(r"[^A-Za-z0-9.]+", "-", spec.dataset.name.replace("imagefolder:", "folder-")).strip("-")
-    return f"{spec.teacher.name}_{dataset}_{spec.dataset.split}_{spec.views.count}v_{spec.encoding.slug()}-{spec.short_id()}.zarr"
+    dataset = _slug(spec.dataset.name.replace("imagefolder:", "folder-"))
+    views = f"L{spec.dataset.seq_len}" if spec.dataset.seq_len else f"{spec.views.count}v"
+    # An hf: teacher is a folder path: only its last part goes into the name (the id tells folders apart).
+    teacher = _slug(Path(spec.teacher.name[3:]).name) if spec.teacher.name.startswith("hf:") else spec.teacher.name
+    return f"{teacher}_{dataset}_{spec.dataset.split}_{views}_{spec.encoding.slug()}-{spec.short_id()}.zarr"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 def location_in_home(spec: CacheSpec, home: str | None = None) -> str:
@@ -68,8 +75,13 @@ def describe_teacher(teacher: TeacherInfo, test_accuracy: float | None) -> str:
 def describe_cache(spec: CacheSpec, teacher_test_accuracy: float | None) -> str:
     """One line on what a cache holds: teacher (with its weights), data, views, encoding."""
     return (f"{describe_teacher(spec.teacher, teacher_test_accuracy)}, on {spec.dataset.name} [{spec.dataset.split}], "
-            f"{plural(spec.views.count, 'view')}, {spec.encoding.describe()}"
+            f"{describe_views(spec)}, {spec.encoding.describe()}"
             + (f", teacher forward {spec.precision}" if spec.precision != "fp32" else ""))
+
+
+def describe_views(spec: CacheSpec) -> str:
+    """``8 views``, or for text ``sequences of 128 tokens`` (its one clean view)."""
+    return f"sequences of {spec.dataset.seq_len} tokens" if spec.dataset.seq_len else plural(spec.views.count, "view")
 
 
 def list_caches(home: str | None = None, *, skipped: list[str] | None = None) -> list[CacheEntry]:

@@ -28,6 +28,7 @@ from torch import Tensor
 from ._data import shipped
 from ._registry import Registry
 from .errors import BadInput, DataError
+from .text import TextDataset, open_text
 from .views import Normalize, ViewSpec, pil_to_tensor
 
 if TYPE_CHECKING:
@@ -73,6 +74,13 @@ class ImageDataset:
     @property
     def in_memory(self) -> bool:
         return self.image_shape is not None
+
+    # An item (what a batch holds) is one image and one store row; a text dataset's is a sequence of rows.
+    rows_per_item = 1
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """The store rows of these items: the items themselves."""
+        return np.asarray(items, dtype=np.int64)
 
     def images(self, index: np.ndarray) -> Tensor:
         """(B, C, H, W) uint8 images of a fixed-size dataset."""
@@ -193,8 +201,12 @@ class SubsetDataset(ImageDataset):
         h.update(self.index.astype("<i8").tobytes())
 
 
+# Batches of items, rows of the store: every loop takes either (see ``rows`` and ``rows_per_item``).
+Dataset = ImageDataset | TextDataset
+
 # --------------------------------------------------------------------------- registry
 _DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset", "logitcache dump --help")
+TEXT_KIND = "text"  # text:PATH, opened with a tokenizer and a sequence length (open_text)
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -206,21 +218,28 @@ DIGITS_STATS = ((0.3055,) * 3, (0.3759,) * 3)
 
 
 def open_dataset(
-    name: str, split: str = "train", *, data_root: str | os.PathLike | None = None, download: bool = False
-) -> ImageDataset:
+    name: str, split: str = "train", *, data_root: str | os.PathLike | None = None, download: bool = False,
+    model: str | None = None, seq_len: int | None = None,
+) -> Dataset:
     """Open one split of a registered dataset.
 
     Args:
-        name: ``cifar10``, ``cifar100``, ``digits``, ``imagefolder:<path>`` or
-            ``synthetic[:key=value,...]``.
+        name: ``cifar10``, ``cifar100``, ``digits``, ``imagefolder:<path>``,
+            ``synthetic[:key=value,...]`` or ``text:<path>``.
         split: ``train`` or ``test``.
         data_root: where CIFAR lives (the folder holding ``cifar-100-python/``); ignored by the others.
         download: let torchvision download CIFAR into ``data_root`` (off by default: nothing is
             fetched unless asked).
+        model: text only: the ``hf:`` model whose tokenizer tokenises the text.
+        seq_len: text only: tokens per packed sequence.
     """
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     kind, _, arg = name.partition(":")
+    if kind == TEXT_KIND:
+        return open_text(name=name, arg=arg, split=split, model=model, seq_len=seq_len)
+    if seq_len is not None:
+        raise BadInput(f"--seq-len is for text datasets (text:PATH), not {name}: drop it")
     return _DATASETS.get(kind)(name=name, arg=arg, split=split, data_root=data_root, download=download)
 
 

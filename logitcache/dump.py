@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import _utils
 from .cache_home import location_in_home
-from .datasets import ImageDataset, open_dataset
+from .datasets import Dataset, ImageDataset, open_dataset
 from .distributed import local_device, torchrun_rank
 from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
 from .loader import ViewBatch, augmented_batches, true_labels
@@ -45,13 +46,15 @@ from .store.format import (
 from .store.writer import BlockWriter
 from .store.zarr_store import DONE, WRITING, ZarrStore, _local_path, flock
 from .teacher import build_teacher, teacher_dataset
-from .views import ViewSpec, view_seeds
+from .views import NO_AUGMENTATION, ViewSpec, view_seeds
 
 AUTO_SHARD_SAMPLES = 262_144  # above this many samples, shard by default: fewer, larger files
 # encoding="auto": every logit up to this many classes (full fp16 at C = 32 is 72 B a pair,
 # top-10 is 44 B), the top DEFAULT_TOPK above (a top-10 of 10 classes would be no top-k at all).
 AUTO_FULL_MAX_CLASSES = 32
 DEFAULT_TOPK = 10
+DEFAULT_VIEWS = 8
+DEFAULT_CHUNK_SAMPLES = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +69,8 @@ class DumpConfig:
     data_root: str | None = None
     download: bool = False
     split: str = "train"
-    views: int = 8
+    views: int | None = None  # None: DEFAULT_VIEWS for images; text has only its clean view
+    seq_len: int | None = None  # text: tokens per packed sequence
     clean_view: bool = True
     augmentation: str | None = None  # None: the dataset's default training augmentation
     # The teacher's normalisation (1 or 3 values each); None: its own config's (timm) or the dataset's.
@@ -81,7 +85,7 @@ class DumpConfig:
     sample_temperature: float = 1.0  # sampled: temperature of the softmax drawn from
     codec: str = "blosc-zstd-5"
     checksum: bool = True
-    chunk_samples: int = 4096
+    chunk_samples: int | None = None  # rows per chunk; None: DEFAULT_CHUNK_SAMPLES (whole sequences for text)
     shard_chunks: int | None = None  # None: auto (16 chunks per shard above AUTO_SHARD_SAMPLES)
     seed: int = 0
     device: str = "auto"
@@ -115,34 +119,55 @@ class DumpResult:
         return self.samples_written / self.seconds if self.seconds else 0.0
 
 
-def build_spec(config: DumpConfig, dataset: ImageDataset, teacher: nn.Module, inp: ModelInput | None,
+def build_spec(config: DumpConfig, dataset: Dataset, teacher: nn.Module, inp: ModelInput | None,
                compute: Compute) -> CacheSpec:
     """The store identity for a config; every check that can fail runs before any write.
 
     ``dataset`` is the one the teacher sees, fitted to its input configuration ``inp`` where it has
     one (``models.fit_to_model``): its default view and normalisation are then the teacher's."""
-    view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
-    if inp is not None and config.augmentation:  # the user's size; the clean view's crop share stays the model's
-        view_spec = inp.view(view_spec, size=view_spec.size)
-    view_spec = dataclasses.replace(view_spec, **config.strong)
+    views, chunk = _views_and_chunks(config, dataset, inp)
     encoding = resolve_encoding(config, dataset.num_classes)
-    n = len(dataset)
+    n = len(dataset.labels)  # rows: images, or token positions
     shard_chunks = config.shard_chunks
     if shard_chunks is None:
         shard_chunks = 16 if n > AUTO_SHARD_SAMPLES else 0
+    described = dataset.describe()
     return CacheSpec(
         teacher=TeacherInfo(name=config.teacher, weights_sha256=weights_sha256(teacher),
-                            num_classes=_num_outputs(teacher, dataset, view_spec, config.teacher, compute),
-                            input=inp.to_json() if inp else {}),
-        dataset=DatasetInfo(**dataset.describe()),
-        views=ViewsInfo(count=config.views, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json()),
+                            num_classes=_num_outputs(teacher, dataset, ViewSpec.from_json(views.augmentation),
+                                                    config.teacher, compute), input=inp.to_json() if inp else {},
+                            tokenizer=described.get("tokenizer", "")),
+        dataset=DatasetInfo(**described),
+        views=views,
         encoding=encoding,
         codec=CodecInfo.parse(config.codec) if config.checksum else _without_checksum(CodecInfo.parse(config.codec)),
-        layout=Layout(chunk_samples=config.chunk_samples, shard_chunks=shard_chunks),
+        layout=Layout(chunk_samples=chunk, shard_chunks=shard_chunks),
         batch_size=config.batch_size,
         precision=compute.precision,
         channels_last=compute.channels_last,
     )
+
+
+def _views_and_chunks(config: DumpConfig, dataset: Dataset, inp: ModelInput | None) -> tuple[ViewsInfo, int]:
+    """The stored views and the rows per chunk. Text has one clean view (nothing to augment) and
+    chunks of whole sequences."""
+    if dataset.train_view is NO_AUGMENTATION:
+        given = [opt for opt, used in (("--views", config.views not in (None, 0)), ("--augment", config.augmentation),
+                                       ("--no-clean-view", not config.clean_view),
+                                       ("--aa/--reprob/--mixup/...", config.strong),
+                                       ("--mean/--std", config.mean is not None or config.std is not None)) if used]
+        if given:
+            raise BadInput(f"{dataset.name} is text, stored as one clean view of token rows: drop {', '.join(given)}")
+        per = dataset.rows_per_item
+        chunk = config.chunk_samples or per * max(1, round(DEFAULT_CHUNK_SAMPLES / per))
+        return ViewsInfo(count=0, clean=True, seed=config.seed, augmentation={}), chunk
+    view_spec = ViewSpec.parse(config.augmentation) if config.augmentation else dataset.train_view
+    if inp is not None and config.augmentation:  # the user's size; the clean view's crop share stays the model's
+        view_spec = inp.view(view_spec, size=view_spec.size)
+    view_spec = dataclasses.replace(view_spec, **config.strong)
+    count = DEFAULT_VIEWS if config.views is None else config.views
+    views = ViewsInfo(count=count, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json())
+    return views, config.chunk_samples or DEFAULT_CHUNK_SAMPLES
 
 
 def resolve_encoding(config: DumpConfig, num_classes: int) -> EncodingInfo:
@@ -176,7 +201,25 @@ def _num_outputs(model: nn.Module, dataset: ImageDataset, view: ViewSpec, name: 
     # e.g. a checkpoint with NaN weights, or one that overflows fp16: refuse before any write
     check_finite(logits, compute, np.zeros(1, dtype=np.int64), "unaugmented", "nothing was written",
                  fp32=lambda row: first_logits(model, dataset, view, f"teacher {name}"))
-    return int(logits.shape[1])
+    return int(logits.shape[-1])
+
+
+def _check_fits_on_disk(spec: CacheSpec, path) -> None:
+    """Refuse, before anything is written, a full-logit store whose raw size exceeds the free disk
+    (a language model's vocabulary makes --full grow as rows x V), saying how big it would be."""
+    if spec.encoding.kind != "full":
+        return
+    itemsize = 4 if spec.encoding.dtype == "fp32" else 2
+    size = spec.views.total * spec.dataset.num_samples * spec.dataset.num_classes * itemsize
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    free = shutil.disk_usage(existing).free if existing is not None else None
+    if free is not None and size > free:
+        raise BadInput(
+            f"--full would store {_utils.human_bytes(size)} ({spec.views.total * spec.dataset.num_samples:,} rows x "
+            f"{spec.dataset.num_classes:,} logits x {itemsize} B before compression) but {existing} has "
+            f"{_utils.human_bytes(free)} free: store --topk K (the exact next-token probability and the mass "
+            "outside the top-k are kept), or --sample N (nothing was written)"
+        )
 
 
 def _check_shard(shard: tuple[int, int]) -> None:
@@ -188,11 +231,12 @@ def _check_shard(shard: tuple[int, int]) -> None:
 def dump(config: DumpConfig) -> DumpResult:
     """Run stage one; see the module docstring. Returns what was done."""
     _check_shard(config.shard)
-    if config.batch_size < 1 or config.chunk_samples < 1:
+    if config.batch_size < 1 or (config.chunk_samples is not None and config.chunk_samples < 1):
         raise BadInput("--batch-size and --chunk-samples must be >= 1")
     device = local_device(_utils.resolve_device(config.device))
     compute = Compute.on(device, config.precision, config.channels_last)
-    dataset = open_dataset(config.dataset, config.split, data_root=config.data_root, download=config.download)
+    dataset = open_dataset(config.dataset, config.split, data_root=config.data_root, download=config.download,
+                           model=config.teacher, seq_len=config.seq_len)
     teacher = compute.model(build_teacher(
         config.teacher, dataset.num_classes, checkpoint=config.checkpoint, random_init=config.random_init,
         seed=config.seed, device=device,
@@ -205,6 +249,7 @@ def dump(config: DumpConfig) -> DumpResult:
     _check_out(config.out)
     if (local := _local_path(config.out)) is not None:
         _utils.check_output_location(local, option)
+        _check_fits_on_disk(spec, local)
     if config.finalize_only:
         return _finalize_only(config, spec, teacher, device)
     index, count = config.shard
@@ -338,7 +383,7 @@ def _pending_blocks(store: ZarrStore, shard: tuple[int, int]) -> tuple[list[tupl
     return pending, len(done), len(mine)
 
 
-def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: nn.Module, device: torch.device) -> DumpResult:
+def _run(config: DumpConfig, store: ZarrStore, dataset: Dataset, teacher: nn.Module, device: torch.device) -> DumpResult:
     spec = store.spec
     n, layout = spec.dataset.num_samples, spec.layout
     view_spec = ViewSpec.from_json(spec.views.augmentation)
@@ -350,10 +395,12 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
         part = "" if config.shard[1] == 1 else f" of shard {config.shard[0]}/{config.shard[1]}"
         result.notes.append(f"resuming: {done} of {mine} blocks{part} already done")
 
+    per = dataset.rows_per_item  # a block holds whole items (sequences for text)
+
     def batches():
         for v, b in pending:
             rows = layout.block_range(b, n)
-            idx = np.arange(rows.start, rows.stop)
+            idx = np.arange(rows.start // per, rows.stop // per)
             seeds = view_seeds(spec.views.seed, v, idx)
             clean = np.full(len(idx), spec.views.clean and v == 0)
             for s in range(0, len(idx), spec.batch_size):
@@ -370,17 +417,20 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: ImageDataset, teacher: n
             rows = layout.block_range(b, n)
             parts, seeds = [], []
             while sum(len(p) for p in seeds) < len(rows):
-                batch, images = next(stream)
+                batch, inputs = next(stream)
                 t0 = time.perf_counter()
+                batch_rows = dataset.rows(batch.samples)
+                # Every row's seed (a view's, for images): what the sampled encoding draws from.
+                row_seeds = view_seeds(spec.views.seed, v, batch_rows)
                 with torch.inference_mode():
-                    logits = compute.forward(teacher, images)
-                    check_finite(logits, compute, batch.samples, f"view {v}", "the block was not written",
-                                 fp32=lambda row: teacher(compute.inputs(images[row : row + 1])))
+                    logits = compute.forward(teacher, inputs).flatten(0, -2)  # (rows, classes): text's (B, L, V) too
+                    check_finite(logits, compute, batch_rows, f"view {v}", "the block was not written",
+                                 fp32=lambda row: teacher(compute.inputs(inputs[row // per : row // per + 1])))
                 labels = torch.from_numpy(true_labels(dataset, view_spec, batch))
-                parts.append(encoding.encode_pairs(logits, labels, batch.seeds))
+                parts.append(encoding.encode_pairs(logits, labels, row_seeds))
                 result.teacher_seconds += time.perf_counter() - t0
-                seeds.append(batch.seeds)
-                bar.update(len(batch))
+                seeds.append(row_seeds)
+                bar.update(len(batch_rows))
             arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
             arrays["seeds"] = np.concatenate(seeds)
             writer.submit(v, b, rows, arrays)
@@ -453,7 +503,7 @@ def finalize(
                                                   random_init=random_init, seed=spec.views.seed, device=device))
             if weights_sha256(teacher) != spec.teacher.weights_sha256:
                 raise CacheMismatch(f"the teacher weights given do not match the ones {location} was dumped with: pass the same --checkpoint")
-        acc, count = _test_accuracy(teacher, spec, dataset_name or spec.dataset.name, data_root, device, compute)
+        acc, count = _test_accuracy(teacher, spec, dataset_name, data_root, device, compute)
         store.set_provenance(Provenance(
             **{**store.provenance.to_json(), "complete": True, "finished_at": _utils.now(),
                "teacher_test_accuracy": acc, "teacher_test_samples": count, "device": str(device)}
@@ -463,14 +513,16 @@ def finalize(
     return True
 
 
-def _test_accuracy(teacher: nn.Module, spec: CacheSpec, dataset_name: str, data_root: str | None,
+def _test_accuracy(teacher: nn.Module, spec: CacheSpec, dataset_name: str | None, data_root: str | None,
                    device: torch.device, compute: Compute) -> tuple[float | None, int | None]:
+    """The teacher's top-1 accuracy (next-token accuracy for text) on the test split, and its rows."""
     try:
-        test = teacher_dataset(open_dataset(dataset_name, "test", data_root=data_root), spec)
+        test = teacher_dataset(open_dataset(dataset_name or spec.dataset.name, "test", data_root=data_root,
+                                            model=spec.teacher.name, seq_len=spec.dataset.seq_len or None), spec)
     except DataError:
         return None, None  # e.g. an image folder without val/: accuracy unknown, not an error
     from .evaluate import evaluate_model
 
     metrics = evaluate_model(teacher, test, device=device, compute=compute)
-    return metrics["top1"], len(test)
+    return metrics["top1"], len(test.labels)
 

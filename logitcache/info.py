@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,12 @@ class ViewStats:
     mean_entropy: float | None  # nats; exact for full logits, of the rebuilt distribution for top-k
     ece: float | None  # expected calibration error of the top-1 confidence (exact for full and top-k)
     mean_target_prob: float  # exact for every encoding
+    mean_nll: float  # nats: mean -log p(true class), exact for every encoding (text: the teacher's log-perplexity)
+
+    @property
+    def perplexity(self) -> float:
+        """exp(mean NLL): for text, the teacher's perplexity on the data."""
+        return math.exp(min(self.mean_nll, 700.0))
 
 
 @dataclass
@@ -95,7 +102,8 @@ def cache_info(location: str | os.PathLike, *, stats: bool = True, progress: boo
     with tqdm(total=info.pairs, unit="pair", unit_scale=True, desc="info", disable=not progress) as bar:
         if views.clean:
             info.clean = _view_stats(reader, [0], bar)
-        info.augmented = _view_stats(reader, list(views.augmented), bar)
+        if views.count:  # text has only its clean view
+            info.augmented = _view_stats(reader, list(views.augmented), bar)
     reader.close()
     if spec.encoding.kind == "sampled":
         info.notes.append("a sampled cache stores draws, not the teacher's argmax or confidence: only p(true class) "
@@ -108,13 +116,15 @@ def cache_info(location: str | os.PathLike, *, stats: bool = True, progress: boo
 
 def _view_stats(reader: CacheReader, views: list[int], bar: tqdm) -> ViewStats:
     n = reader.spec.dataset.num_samples
-    wrong = entropy = target_prob = 0.0
+    wrong = entropy = target_prob = nll = 0.0
     confidences, corrects = [], []
     for v in views:
         for s in range(0, n, _BATCH):
             idx = np.arange(s, min(s + _BATCH, n))
             tv = reader.read(np.full(len(idx), v), idx)
-            target_prob += float(tv.target_log_prob.exp().sum())
+            log_target = tv.target_log_prob
+            target_prob += float(log_target.exp().sum())
+            nll -= float(log_target.double().sum())
             bar.update(len(idx))
             if tv.kind == "sampled":
                 continue
@@ -128,7 +138,7 @@ def _view_stats(reader: CacheReader, views: list[int], bar: tqdm) -> ViewStats:
     count = n * len(views)
     if not corrects:  # a sampled cache: only the true class's probability is known
         return ViewStats(views=views, samples=count, misinstruction_rate=None, mean_entropy=None, ece=None,
-                         mean_target_prob=target_prob / count)
+                         mean_target_prob=target_prob / count, mean_nll=nll / count)
     return ViewStats(
         views=views,
         samples=count,
@@ -136,4 +146,5 @@ def _view_stats(reader: CacheReader, views: list[int], bar: tqdm) -> ViewStats:
         mean_entropy=entropy / count,
         ece=expected_calibration_error(torch.cat(confidences), torch.cat(corrects)),
         mean_target_prob=target_prob / count,
+        mean_nll=nll / count,
     )

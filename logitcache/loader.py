@@ -1,5 +1,9 @@
 """Turn lists of (view, sample) pairs into augmented image batches on the training device.
 
+A batch holds items: images (one store row each) or, for text, sequences (``dataset.rows``
+maps them to their token rows; ``true_labels`` is per row). Text is never augmented: its
+batch is the sequences' input ids.
+
 Both stages use this, so the teacher at dump time and the student at train time see the same
 pixels: the images of a batch are gathered by sample index, each view's parameters come from
 its stored seed, and the ops run on uint8 tensors (see ``views.py``). In-memory datasets are
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .datasets import ImageDataset
+from .datasets import Dataset, ImageDataset
 from .errors import LogitcacheError
 from .augment import Mix, mix_images
 from .views import ViewSpec
@@ -38,10 +42,11 @@ class ViewBatch:
         return spec.mix(self.seeds, self.samples, self.clean, num_samples)
 
 
-def true_labels(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch) -> np.ndarray:
-    """(B,) the class each view stands for: its label, or for a mixed view its larger share's."""
+def true_labels(dataset: Dataset, spec: ViewSpec, batch: ViewBatch) -> np.ndarray:
+    """(rows,) the class each row of the batch stands for: its label (a text row's next token), or
+    for a mixed view its larger share's."""
     if not spec.mixing:
-        return dataset.labels[batch.samples]
+        return dataset.labels[dataset.rows(batch.samples)]
     return batch.mix(spec, len(dataset)).true_class(dataset.labels, batch.samples)
 
 
@@ -81,14 +86,19 @@ class _FolderBatches(torch.utils.data.Dataset):
 
 
 def augmented_batches(
-    dataset: ImageDataset,
+    dataset: Dataset,
     spec: ViewSpec,
     batches: Iterable[ViewBatch],
     *,
     device: torch.device,
     workers: int = 0,
 ) -> Iterator[tuple[ViewBatch, Tensor]]:
-    """Yield each batch with its normalised float images (B, C, H, W) on ``device``."""
+    """Yield each batch with its model input on ``device``: normalised float images (B, C, H, W),
+    or a text dataset's input ids (B, L)."""
+    if not isinstance(dataset, ImageDataset):
+        for batch in batches:
+            yield batch, dataset.inputs(batch.samples).to(device, non_blocking=True)
+        return
     spec.check_replayable()
     if dataset.in_memory:
         hw = dataset.image_shape[1:]
@@ -131,7 +141,7 @@ def _mix_in_memory(dataset: ImageDataset, spec: ViewSpec, batch: ViewBatch, view
     return mix_images(views, partners, mix, rows)
 
 
-def clean_batches(dataset: ImageDataset, batch_size: int) -> list[ViewBatch]:
+def clean_batches(dataset: Dataset, batch_size: int) -> list[ViewBatch]:
     """Batches of the clean view of every sample, in order (for evaluation)."""
     n = len(dataset)
     return [

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .errors import BadInput
 from .models import ModelInput, create_model, weights_sha256
+from .models.hf import is_hf, open_folder
 from .views import Normalize, ViewSpec
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ def build_teacher(
         random_init: use seeded random weights instead (tests and smoke runs only).
         seed: seed of the random weights.
     """
-    if checkpoint is None and not random_init:
+    if is_hf(name):
+        _check_hf_weights(name, checkpoint, random_init)
+    elif checkpoint is None and not random_init:
         raise BadInput(
             f"teacher {name} needs weights: pass --checkpoint PATH (a state dict or .safetensors file, e.g. a "
             f"CRD/mdistiller ckpt_epoch_240.pth), or train one first with `logitcache train --method ce --student {name} ...`"
@@ -46,6 +49,19 @@ def build_teacher(
         torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, checkpoint=checkpoint)
     return model.to(device).eval()
+
+
+def _check_hf_weights(name: str, checkpoint: str | os.PathLike | None, random_init: bool) -> None:
+    """An hf: teacher's weights are its folder's (or a --checkpoint of a run over it); a config-only
+    folder is a teacher only with --random-init (tests and smoke runs)."""
+    has_weights = open_folder(name).has_weights
+    if has_weights and random_init:
+        raise BadInput(f"{name} holds trained weights: drop --random-init (or pass a config-only folder)")
+    if not has_weights and checkpoint is None and not random_init:
+        raise BadInput(
+            f"teacher {name} is a config-only folder (no *.safetensors weights): train one first with `logitcache "
+            f"train --method ce --student {name} ...` and pass its run's hf folder, or add --random-init"
+        )
 
 
 def teacher_weights_sha256(

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from . import _utils
 from ._seeds import _hash
 from .cache_home import describe_cache, find_cache
-from .datasets import ImageDataset, open_dataset
+from .datasets import Dataset, ImageDataset, open_dataset
 from .distributed import barrier, local_device, wrap_ddp
 from .errors import (
     BadInput,
@@ -52,17 +52,18 @@ from .errors import (
 from .evaluate import evaluate_model
 from .loader import ViewBatch, augmented_batches, true_labels
 from .loggers import check_loggers, open_loggers
-from .methods import AUTO_PRESET, ResolvedHparams, get_method, resolve_method
+from .methods import AUTO_PRESET, MethodInfo, ResolvedHparams, get_method, resolve_method
 from .methods._common import mixed_target
 from .models import ModelInput, create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
 from .models.inputs import first_logits
+from .models.hf import CausalLM, open_folder  # imports no transformers until a folder is opened
 from .precision import Compute
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
 from .teacher import Renormalize, build_teacher, teacher_weights_sha256
 from .teacher_view import TeacherView
-from .views import Normalize, ViewSpec, view_seeds
+from .views import NO_AUGMENTATION, Normalize, ViewSpec, view_seeds
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 VIEW_POLICIES = ("cycle", "random")
@@ -104,6 +105,7 @@ class TrainConfig:
     val_fraction: float = 0.0  # > 0: select best.pt on this share of the training split, never trained on
     label_fraction: float = 1.0  # < 1: only this seeded share of the trained-on samples keeps its label
     view_policy: str = "cycle"
+    seq_len: int | None = None  # text: tokens per packed sequence (as the cache was dumped with)
     views: int | None = None  # without a cache: augmented views to derive (None: one per epoch)
     view_seed: int = 0  # without a cache: the seed views are derived from, as a dump would
     # The student's normalisation (1 or 3 values each); None: its own config's (timm) or the dataset's.
@@ -171,9 +173,12 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 class _Views:
     """The stored views a run draws from, and their seeds: the cache's, or derived as a dump would."""
 
-    def __init__(self, n: int, reader: CacheReader | None, config: TrainConfig) -> None:
+    def __init__(self, n: int, reader: CacheReader | None, config: TrainConfig, *, augmented: bool = True) -> None:
         self.n, self.reader = n, reader
-        if reader is not None:
+        if not augmented:  # text: every epoch shows the one clean view 0
+            self.augmented = [0]
+            self.base_seed = reader.spec.views.seed if reader is not None else config.view_seed
+        elif reader is not None:
             self.augmented = list(reader.spec.views.augmented)
             self.base_seed = reader.spec.views.seed
         else:
@@ -244,12 +249,14 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     device = local_device(_utils.resolve_device(config.device))
     compute = Compute.on(device, config.precision, config.channels_last)
     method = get_method(config.method)
-    train_set = open_dataset(config.dataset, "train", data_root=config.data_root)
+    # Text is tokenised with the student's tokenizer: a cache of another tokenizer is then refused.
+    train_set, test_set = (open_dataset(config.dataset, split, data_root=config.data_root, model=config.student,
+                                        seq_len=config.seq_len) for split in ("train", "test"))
+    _check_modality(config, train_set, method)
     data_normalize = train_set.normalize
     # The student sees its images normalised (and, without a cache, sized) as it expects itself.
     train_set, student_input = fit_to_model(train_set, config.student, mean=config.mean, std=config.std)
-    test_set, _ = fit_to_model(open_dataset(config.dataset, "test", data_root=config.data_root), config.student,
-                               mean=config.mean, std=config.std)
+    test_set, _ = fit_to_model(test_set, config.student, mean=config.mean, std=config.std)
 
     def unusable(spec: CacheSpec) -> str | None:  # a sampled cache this method is not defined on
         if spec.encoding.kind != "sampled":
@@ -291,7 +298,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         if labelled is not None:
             raise BadInput("--label-fraction labels the hidden samples with the teacher's top-1 class, which a sampled "
                            "cache does not store: use a --full or --topk cache, or drop --label-fraction")
-    views = _Views(len(train_set), reader, config)
+    views = _Views(len(train_set), reader, config, augmented=view_spec is not NO_AUGMENTATION)
 
     is_main = rank == 0
     torch.manual_seed(config.seed)
@@ -383,8 +390,45 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         val_samples=0 if val_set is None else len(val_set),
     )
     if is_main:
+        _save_hf(student, out)
         _utils.atomic_write_json(out / "summary.json", dataclasses.asdict(result))
     return result
+
+
+HF_FOLDER = "hf"  # a trained language model's best weights as an hf folder: --teacher hf:<run>/hf
+
+
+def _save_hf(student: nn.Module, out: Path) -> None:
+    """A language-model student's best epoch, saved as a Hugging Face folder (safetensors, config,
+    tokenizer) so that it can be the next run's ``--teacher hf:<out>/hf``."""
+    if not isinstance(student, CausalLM):
+        return
+    student.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
+    student.save(out / HF_FOLDER)
+
+
+def _check_modality(config: TrainConfig, train_set: Dataset, method: MethodInfo) -> None:
+    """Refuse, before anything is written, what does not apply to text: a method not meaningful on
+    token rows, augmentation options and --label-fraction (a position's label is the next token:
+    there is nothing to hide)."""
+    if isinstance(train_set, ImageDataset):
+        return
+    method.check_tokens()
+    given = [opt for opt, used in (("--aa/--reprob/--mixup/...", config.strong), ("--views", config.views is not None),
+                                   ("--mean/--std", config.mean is not None or config.std is not None),
+                                   ("--label-fraction", config.label_fraction != 1)) if used]
+    if given:
+        raise BadInput(f"{config.dataset} is text (one clean view of token rows, the label of a position its next "
+                       f"token): drop {', '.join(given)}")
+
+
+def _check_online_tokenizer(teacher_name: str, train_set: Dataset) -> None:
+    """An online teacher reads the student's token ids: it must have the same tokenizer."""
+    if isinstance(train_set, ImageDataset):
+        return
+    if open_folder(teacher_name).tokenizer_sha256() != train_set.tokenizer:
+        raise CacheMismatch(f"--teacher {teacher_name} has another tokenizer than the student {train_set.tokenizer[:12]}: "
+                            "cross-tokenizer distillation is not supported; use a student with the teacher's tokenizer")
 
 
 _STRONG_FROM_CACHE = ("a cache replays its own augmentation (logitcache info shows it): drop --aa, --color-jitter, "
@@ -480,7 +524,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[count:]), np.sort(perm[:count])
 
 
-def _holdout(train_set: ImageDataset, config: TrainConfig) -> tuple[np.ndarray, ImageDataset | None]:
+def _holdout(train_set: Dataset, config: TrainConfig) -> tuple[np.ndarray, Dataset | None]:
     """The samples trained on, and the validation hold-out (None without ``val_fraction``)."""
     n = len(train_set)
     if config.val_fraction == 0:
@@ -521,8 +565,8 @@ def _label_mask(n: int, labelled: np.ndarray) -> torch.Tensor:
     return mask
 
 
-def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: ImageDataset,
-                     test_set: ImageDataset, val_set: ImageDataset | None, train_samples: np.ndarray,
+def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: Dataset,
+                     test_set: Dataset, val_set: Dataset | None, train_samples: np.ndarray,
                      labelled: np.ndarray | None) -> dict[str, Any]:
     """What config.json records beside the options: preset, value sources, selection, labels and the data."""
     return {
@@ -542,7 +586,7 @@ def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: 
 
 
 def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str | None,
-                    val_set: ImageDataset | None, n_train: int, labelled: np.ndarray | None) -> str:
+                    val_set: Dataset | None, n_train: int, labelled: np.ndarray | None) -> str:
     """The resolved settings, said once before the first epoch: what a default or preset chose is
     otherwise invisible."""
     stones = config.resolved_milestones()
@@ -589,9 +633,11 @@ def _forward_line(config: TrainConfig) -> str:
     return text + ("; the online teacher the same" if config.teacher_online else "")
 
 
-def _check_cache(reader: CacheReader, train_set: ImageDataset, config: TrainConfig) -> None:
-    check_matches(reader.spec, dataset_name=train_set.name, split="train", num_samples=len(train_set),
-                  num_classes=train_set.num_classes, fingerprint=train_set.fingerprint)
+def _check_cache(reader: CacheReader, train_set: Dataset, config: TrainConfig) -> None:
+    described = train_set.describe()
+    check_matches(reader.spec, dataset_name=train_set.name, split="train", num_samples=len(train_set.labels),
+                  num_classes=train_set.num_classes, fingerprint=train_set.fingerprint,
+                  tokenizer=described.get("tokenizer", ""), seq_len=described.get("seq_len", 0))
     reader.check_labels(train_set.labels, train_set.name)
     if config.teacher and config.teacher != reader.spec.teacher.name and not config.teacher_online:
         raise BadInput(
@@ -612,7 +658,7 @@ class _Sources:
     line: str | None  # which cache and teacher weights are used, for the user
 
 
-def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageDataset, device: torch.device,
+def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: Dataset, device: torch.device,
                      saved: dict | None, cleanup: contextlib.ExitStack,
                      unusable: Callable[[CacheSpec], str | None]) -> _Sources:
     """The cache and teacher a run uses. Weights named by --checkpoint / --random-init-teacher are
@@ -637,7 +683,7 @@ def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageD
                 raise BadInput("--checkpoint gives a teacher's weights but not its architecture: add --teacher NAME "
                                "(the model the checkpoint is for), or pass --cache")
             wanted = _weights_named(config, config.teacher, train_set.num_classes)
-        entry, notes = find_cache(dataset_name=train_set.name, split="train", num_samples=len(train_set),
+        entry, notes = find_cache(dataset_name=train_set.name, split="train", num_samples=len(train_set.labels),
                                   num_classes=train_set.num_classes, fingerprint=train_set.fingerprint,
                                   teacher=config.teacher, weights_sha256=wanted, unusable=unusable)
         cache = entry.location
@@ -664,6 +710,7 @@ def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: ImageD
             raise BadInput("--teacher-online needs --teacher NAME (and --checkpoint)")
         teacher = build_teacher(teacher_name, train_set.num_classes, checkpoint=config.checkpoint,
                                 random_init=config.random_init_teacher, seed=config.view_seed, device=device)
+        _check_online_tokenizer(teacher_name, train_set)
         record = {"name": teacher_name, "weights_sha256": weights_sha256(teacher), "logits": "online",
                   "checkpoint": config.checkpoint}
         line = (f"teacher {teacher_name} online, weights {record['weights_sha256'][:12]} from "
@@ -846,9 +893,13 @@ def _epoch_line(epoch: int, epochs: int, stats: dict[str, float], test: dict[str
     else:
         scores = (f"val {val['top1']:.2f}%  test {test['top1']:.2f}% "
                   f"(best val {best['score']:.2f}% @{best['epoch']}: test {best['acc']:.2f}%)")
+    text = "ppl" in test  # language models: accuracies are next-token accuracies; loss and perplexity matter
+    if text:
+        scores += "".join(f"  {name} loss {m['nll']:.3f} ppl {m['ppl']:.2f}" for name, m in (("val", val), ("test", test))
+                          if m is not None)
     return (f"epoch {epoch}/{epochs}  loss {stats['train_loss']:.3f}" + (f" ({terms})" if terms else "")
             + f"  train {stats['train_acc']:.2f}%  {scores}"
-            + f"  lr {lr:g}  {stats['samples_per_second']:,.0f} img/s  {stats['seconds']:.1f} s")
+            + f"  lr {lr:g}  {stats['samples_per_second']:,.0f} {'seq' if text else 'img'}/s  {stats['seconds']:.1f} s")
 
 
 _SYNC_EVERY = 20  # steps between reads of the running loss sums (progress bar, NaN check)
@@ -865,7 +916,7 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
     # the GPU every step, so they are read only every _SYNC_EVERY steps and at the end.
     totals: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
     correct_t = torch.zeros((), dtype=torch.int64, device=device)
-    seen = forwards = 0
+    seen = seen_rows = forwards = 0
     start = time.perf_counter()
     bar = tqdm(total=len(order), unit="img", unit_scale=True, desc=f"epoch {epoch}/{config.epochs}",
                disable=not config.progress or rank != 0, leave=False)
@@ -881,12 +932,14 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
             yield ViewBatch(samples=mine, seeds=seeds, clean=np.zeros(len(mine), dtype=bool))
 
     pairs = zip(batches, augmented_batches(train_set, view_spec, local_batches(), device=device, workers=config.workers))
-    for step, (g, (batch, images)) in enumerate(pairs, start=1):
-        target = _target(train_set, view_spec, batch, device)
-        tview = _teacher_view(reader, teacher, epoch_views[batch.samples], batch.samples, images, target, device,
-                              compute)
+    for step, (g, (batch, inputs)) in enumerate(pairs, start=1):
+        target = _target(train_set, view_spec, batch, device)  # per row: an image, or a token position
+        rows = train_set.rows(batch.samples)
+        tview = _teacher_view(reader, teacher, np.repeat(epoch_views[batch.samples], train_set.rows_per_item), rows,
+                              inputs, target, device, compute)
         forwards += len(batch) if teacher is not None else 0
-        logits = compute.forward(model, images)  # methods compute their losses in fp32
+        # (rows, classes): text's (B, L, V) too; methods compute their losses in fp32
+        logits = compute.forward(model, inputs).flatten(0, -2)
         if has_label is None:
             losses = loss_fn(logits, tview, target, epoch=epoch, **hparams)
         else:
@@ -905,14 +958,16 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
         totals["loss"] += loss.detach().double() * n
         correct_t += (logits.detach().argmax(dim=1) == target).sum()
         seen += n
+        seen_rows += len(rows)
         bar.update(len(g))
         if step % _SYNC_EVERY == 0:
             means = _read_means(totals, seen, epoch, compute)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"acc": f"{100 * int(correct_t) / seen:.1f}"})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"acc": f"{100 * int(correct_t) / seen_rows:.1f}"})
     bar.close()
     seconds = time.perf_counter() - start
     stats = {f"train_{k}": v for k, v in _read_means(totals, seen, epoch, compute).items()}
-    stats.update(train_acc=100.0 * int(correct_t) / seen, seconds=seconds, samples_per_second=seen * world_size / seconds)
+    stats.update(train_acc=100.0 * int(correct_t) / seen_rows, seconds=seconds,
+                 samples_per_second=seen * world_size / seconds)
     return stats, forwards
 
 
@@ -942,7 +997,7 @@ def _read_means(totals: dict[str, torch.Tensor], seen: int, epoch: int, compute:
     return means
 
 
-def _target(train_set: ImageDataset, view_spec: ViewSpec, batch: ViewBatch, device: torch.device) -> Tensor:
+def _target(train_set: Dataset, view_spec: ViewSpec, batch: ViewBatch, device: torch.device) -> Tensor:
     """(B,) labels on the device; for mixed views the true classes carrying the pair (MixedTarget)."""
     true = torch.from_numpy(true_labels(train_set, view_spec, batch)).to(device, non_blocking=True)
     if not view_spec.mixing:
@@ -952,13 +1007,15 @@ def _target(train_set: ImageDataset, view_spec: ViewSpec, batch: ViewBatch, devi
     return mixed_target(true, own, other, torch.from_numpy(mix.lam).to(device))
 
 
-def _teacher_view(reader, teacher, views, samples, images, target, device, compute: Compute) -> TeacherView | None:
+def _teacher_view(reader, teacher, views, rows, inputs, target, device, compute: Compute) -> TeacherView | None:
+    """The teacher's information on each row of the batch (``views``: each row's view): from the
+    online teacher's forward pass over the batch's inputs, else from the cache."""
     if teacher is not None:
         with torch.inference_mode():
-            logits = compute.forward(teacher, images)
+            logits = compute.forward(teacher, inputs).flatten(0, -2)
         return TeacherView.from_logits(logits.clone(), target)
     if reader is not None:
-        return reader.read(views, samples).to(device)
+        return reader.read(views, rows).to(device)
     return None
 
 
@@ -1008,7 +1065,7 @@ def _as_trained(data: ImageDataset, model_name: str, checkpoint: Path) -> ImageD
     return fit_to_model(data, model_name)[0]
 
 
-def _check_run_data(checkpoint: Path, data: ImageDataset) -> list[str]:
+def _check_run_data(checkpoint: Path, data: Dataset) -> list[str]:
     """Compare ``data`` with the split the checkpoint's run recorded (runs before this record: no check)."""
     ran = ((_saved_run(checkpoint.parent) or {}).get("data") or {}).get(data.split)
     if not isinstance(ran, dict):

@@ -117,7 +117,8 @@ def verify(
             f"these teacher weights are not the ones {location} was dumped with (sha256 differs): "
             "pass the same --checkpoint as the dump"
         )
-    dataset = open_dataset(spec.dataset.name, spec.dataset.split, data_root=data_root)
+    dataset = open_dataset(spec.dataset.name, spec.dataset.split, data_root=data_root, model=spec.teacher.name,
+                           seq_len=spec.dataset.seq_len or None)
     if dataset.fingerprint != spec.dataset.fingerprint:
         raise CacheMismatch(
             f"dataset {spec.dataset.name} ({spec.dataset.split}) under the given root has other content than the "
@@ -132,9 +133,11 @@ def verify(
         stored = store.read("seeds", v)
         if not np.array_equal(stored, view_seeds(spec.views.seed, v, np.arange(n))):
             report.problems.append(f"view {v}: stored seeds differ from the seeds derived from the dump seed")
+    # Random (view, item) pairs: images, or for text whole sequences (every position of each is compared).
+    items = len(dataset)
     rng = np.random.default_rng(seed)
-    pick = rng.choice(total_views * n, size=min(samples, total_views * n), replace=False)
-    views, idx = pick // n, pick % n
+    pick = rng.choice(total_views * items, size=min(samples, total_views * items), replace=False)
+    views, idx = pick // items, pick % items
     _replay(store, teacher_dataset(dataset, spec), teacher, compute, views, idx, dev, batch_size, report)
     return report
 
@@ -155,22 +158,24 @@ def _replay(store: ZarrStore, dataset, teacher, compute: Compute, views: np.ndar
         for s in range(0, len(idx), batch_size)
     ]
     offset = 0
-    for batch, images in augmented_batches(dataset, view_spec, batches, device=device):
-        v = views[offset : offset + len(batch)]
+    for batch, inputs in augmented_batches(dataset, view_spec, batches, device=device):
+        per = dataset.rows_per_item
+        v = np.repeat(views[offset : offset + len(batch)], per)  # each row's view
         offset += len(batch)
+        rows = dataset.rows(batch.samples)
         with torch.inference_mode():
-            on_device = compute.forward(teacher, images)
+            on_device = compute.forward(teacher, inputs).flatten(0, -2)  # (rows, classes): text's (B, L, V) too
         fresh = on_device.cpu()
         y = torch.from_numpy(true_labels(dataset, view_spec, batch))
-        cached = encoding.decode(_stored_rows(store, fields, v, batch.samples), y)
+        cached = encoding.decode(_stored_rows(store, fields, v, rows), y)
         if isinstance(encoding, SampledEncoding):
-            reasons, err = _compare_sampled(cached, on_device, y, batch.seeds, encoding, noise)
+            reasons, err = _compare_sampled(cached, on_device, y, view_seeds(spec.views.seed, v, rows), encoding, noise)
         else:
             reasons, err = _compare(cached, fresh, y, spec.encoding, noise)
         report.max_abs_error = max([report.max_abs_error, *(e for e in err.tolist() if np.isfinite(e))])
         failed = [j for j, r in enumerate(reasons) if r]
-        report.problems += [f"view {int(v[j])} sample {int(batch.samples[j])}: {reasons[j]}" for j in failed[:10]]
-        report.pairs_checked += len(batch)
+        report.problems += [f"view {int(v[j])} sample {int(rows[j])}: {reasons[j]}" for j in failed[:10]]
+        report.pairs_checked += len(rows)
 
 
 def _stored_rows(store: ZarrStore, fields: list[str], views: np.ndarray, samples: np.ndarray) -> dict[str, np.ndarray]:

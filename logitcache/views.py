@@ -60,6 +60,30 @@ _OMITTED_AT_DEFAULT = (*STRONG_FIELDS, "resampler")
 _UNIT_INTERVAL = ("reprob", "mixup_prob", "mixup_switch_prob")
 
 
+@dataclass(frozen=True)
+class NoAugmentation:
+    """The views of a dataset that is never augmented (text: one clean view of token rows, its
+    seeds unused). Stored as an empty augmentation; answers what the loops ask a ViewSpec."""
+
+    mixing: bool = False
+    per_sample: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        return "none (one clean view)"
+
+    def replay_problem(self) -> None:
+        return None  # nothing is resampled: any environment replays token rows
+
+    def check_replayable(self) -> None:
+        pass
+
+
+NO_AUGMENTATION = NoAugmentation()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ViewSpec:
     """An augmentation policy whose parameters are a pure function of a seed.
@@ -142,7 +166,9 @@ class ViewSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ViewSpec:
+    def from_json(cls, d: dict[str, Any]) -> ViewSpec | NoAugmentation:
+        if not d:  # token rows: nothing is augmented
+            return NO_AUGMENTATION
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise CacheMismatch(

@@ -267,3 +267,33 @@ def start_console():
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     return start
+
+
+
+# --------------------------------------------------------------------------- language models
+@pytest.fixture(scope="session")
+def lm_files(tmp_path_factory) -> dict[str, Path]:
+    """``text`` (a .txt of ~90 sequences of 16 tokens), ``student`` (a config-only folder) and
+    ``teacher`` (the same tokenizer and config with seeded weights, saved as safetensors)."""
+    from lm_helpers import lm_text, make_lm_folder
+
+    from logitcache.models.hf import create_hf_model, open_folder
+
+    root = tmp_path_factory.mktemp("lm")
+    text = lm_text(900)
+    (root / "text.txt").write_text(text)
+    student = make_lm_folder(root / "student", text)
+    torch.manual_seed(1)
+    create_hf_model(f"hf:{student}", open_folder(f"hf:{student}").vocab_size).save(root / "teacher")
+    return {"text": root / "text.txt", "student": student, "teacher": root / "teacher"}
+
+
+@pytest.fixture(scope="session")
+def lm_cache(lm_files, tmp_path_factory) -> Path:
+    """A complete top-8 fp16 token cache of the tiny teacher (shared: copy it before changing it)."""
+    from lm_helpers import lm_dump_args
+
+    out = tmp_path_factory.mktemp("lm_cache") / "c.zarr"
+    result = _run_cli(["dump", *lm_dump_args(lm_files), "--out", out])
+    assert result.code == 0, result.err
+    return out

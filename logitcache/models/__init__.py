@@ -4,7 +4,8 @@
 ``forward`` returns logits only and accepts any input size. The CIFAR models keep the
 state-dict keys of mdistiller/RepDistiller, so their public teacher checkpoints load as they
 are. ``tv:<name>`` builds a torchvision classification model and ``timm:<name>`` a timm one,
-both without pretrained weights (their weights come from a checkpoint file).
+both without pretrained weights (their weights come from a checkpoint file); ``hf:<folder>`` a
+causal language model from a local Hugging Face folder (``hf.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 # keeps this order.
 # isort: off
 from . import resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2  # noqa: F401
-from . import torchvision_models, timm_models  # noqa: F401  (the tv: and timm: model sources)
+from . import torchvision_models, timm_models, hf  # noqa: F401  (the tv:, timm: and hf: model sources)
 
 # isort: on
 from ._registry import (

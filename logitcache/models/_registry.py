@@ -129,7 +129,8 @@ def create_model(
 
     Args:
         name: A registered CIFAR model (see ``list_models``) or ``PREFIX:NAME`` of a model source
-            (``tv:resnet18``, ``timm:resnet50.a1_in1k``).
+            (``tv:resnet18``, ``timm:resnet50.a1_in1k``, ``hf:<folder>``: a causal LM, whose
+            ``num_classes`` is its vocabulary size).
         num_classes: Size of the classifier output.
         checkpoint: A state-dict file to load with ``load_checkpoint``.
 

@@ -119,10 +119,10 @@ def _channels(values: Sequence[float], option: str) -> tuple[float, ...]:
 
 def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: str,
                  compute: Compute | None = None) -> Tensor:
-    """``model``'s logits (eval mode, no gradients) for the clean view of the first image, exactly as
-    training or the dump will feed it (under ``compute``; fp32 by default), so that a model that
-    cannot take those images (a ViT's patch grid, a fixed input size) is refused, naming the size,
-    before anything is written."""
+    """``model``'s logits (eval mode, no gradients) for the clean view of the first image (or the
+    first sequence of a text dataset), exactly as training or the dump will feed it (under
+    ``compute``; fp32 by default), so that a model that cannot take those images (a ViT's patch
+    grid, a fixed input size) is refused, naming the size, before anything is written."""
     from ..loader import ViewBatch, augmented_batches
 
     device = next(model.parameters()).device
@@ -135,7 +135,7 @@ def first_logits(model: nn.Module, dataset: ImageDataset, view: ViewSpec, who: s
             return (compute or Compute()).forward(model, images)
     except (RuntimeError, AssertionError, ValueError) as e:  # what a model's own input checks raise
         reason = " ".join(str(e).split())[:200]
-        size = f"{images.shape[2]}x{images.shape[3]}"
+        size = f"{images.shape[2]}x{images.shape[3]}" if images.dim() == 4 else f"{images.shape[-1]}-token"
         raise BadInput(f"{who} cannot run on this dataset's {size} views ({reason}): choose a model that takes "
                        f"{size} images (`logitcache models`)") from None
     finally:

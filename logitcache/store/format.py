@@ -45,6 +45,16 @@ def _check(cond: bool, message: str) -> None:
         raise BadInput(message)
 
 
+def _without_unset(part: Any, optional: tuple[str, ...]) -> dict[str, Any]:
+    """A spec part's fields, leaving out the ``optional`` ones that are unset (empty, 0): fields added
+    for some models or datasets only, so that the specs (and ids) of the others are what they were."""
+    d = dataclasses.asdict(part)
+    for key in optional:
+        if not d[key]:
+            del d[key]
+    return d
+
+
 @dataclass(frozen=True, kw_only=True)
 class TeacherInfo:
     """The teacher network: registry name, class count and a hash of its weights.
@@ -52,38 +62,44 @@ class TeacherInfo:
     ``input``: the teacher's own input configuration (``models.ModelInput.to_json``: mean, std,
     size, crop share, ...; timm's pretrained config) when it has one, which the views were
     normalised with; empty (and left out of the JSON, so older specs keep their identity) for a
-    teacher that takes the dataset's.
+    teacher that takes the dataset's. ``tokenizer``: a language model's tokenizer identity
+    (``models.hf.tokenizer_sha256``); "" (and left out of the JSON) for image models.
     """
 
     name: str
     weights_sha256: str
     num_classes: int
     input: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         _check(len(self.weights_sha256) == 64, "teacher.weights_sha256 must be a sha256 hex digest")
         _check(self.num_classes >= 2, "teacher.num_classes must be >= 2")
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if not self.input:
-            del d["input"]
-        return d
+        return _without_unset(self, ("input", "tokenizer"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetInfo:
-    """The dataset split the logits belong to, identified by a content fingerprint."""
+    """The dataset split the logits belong to, identified by a content fingerprint. For text,
+    ``num_samples`` counts token positions (rows), and ``tokenizer`` and ``seq_len`` say how the
+    text was tokenised and packed; both are left out of an image dataset's JSON."""
 
     name: str
     split: str
     num_samples: int
     num_classes: int
     fingerprint: str
+    tokenizer: str = ""
+    seq_len: int = 0
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, "dataset.num_samples must be >= 1")
         _check(self.num_classes >= 2, "dataset.num_classes must be >= 2")
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_unset(self, ("tokenizer", "seq_len"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +112,9 @@ class ViewsInfo:
     augmentation: dict[str, Any]
 
     def __post_init__(self) -> None:
-        _check(self.count >= 1, f"need at least one augmented view (--views >= 1), got {self.count}")
+        # Text has only the clean view 0 (count 0, no augmentation); images need augmented views.
+        _check(self.count >= 1 or (self.count == 0 and self.clean and not self.augmentation),
+               f"need at least one augmented view (--views >= 1), got {self.count}")
         _check(self.seed >= 0, "views.seed must be >= 0")
 
     @property
@@ -268,6 +286,11 @@ class CacheSpec:
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         if self.format_version == 2 and self.encoding.kind != "full":  # (format 1 is parsed only to be deleted)
             _check(self.encoding.indices == "int", "a store of format 2 keeps whole-integer class indices (indices='int')")
+        _check(self.teacher.tokenizer == self.dataset.tokenizer,
+               f"teacher {self.teacher.name} has another tokenizer than the dataset was tokenised with")
+        if self.dataset.seq_len:  # a block holds whole sequences
+            _check(self.layout.chunk_samples % self.dataset.seq_len == 0 and self.dataset.num_samples % self.dataset.seq_len == 0,
+                   f"--chunk-samples {self.layout.chunk_samples} must be a multiple of --seq-len {self.dataset.seq_len}")
 
     def to_json(self) -> dict[str, Any]:
         """The fields; ``precision`` and ``channels_last`` only where they are not fp32 and off, so
@@ -282,7 +305,8 @@ class CacheSpec:
         encoding = self.encoding.to_json()
         if self.format_version < 3:  # format 2's spec had no such key: its JSON (and digest) as it was written
             encoding.pop("indices", None)
-        return {**dataclasses.asdict(self), "teacher": self.teacher.to_json(), "encoding": encoding}
+        return {**dataclasses.asdict(self), "teacher": self.teacher.to_json(), "dataset": self.dataset.to_json(),
+                "encoding": encoding}
 
     @classmethod
     def from_json(cls, d: Any, *, location: str = "the store", older: bool = False) -> CacheSpec:

@@ -218,10 +218,18 @@ class CacheReader:
 
 
 def check_matches(spec: CacheSpec, *, dataset_name: str, split: str, num_samples: int, num_classes: int, fingerprint: str,
-                  augmentation: dict | None = None) -> None:
-    """Refuse a cache made for another dataset, split, class count, sample count or augmentation."""
+                  augmentation: dict | None = None, tokenizer: str = "", seq_len: int = 0) -> None:
+    """Refuse a cache made for another dataset, split, class count, sample count or augmentation;
+    for text, another tokenizer or sequence length, each named."""
     d = spec.dataset
+    if d.tokenizer != tokenizer:
+        raise CacheMismatch(
+            f"cache ({d.name}) was tokenised with tokenizer {d.tokenizer[:12] or '(none: an image cache)'} but the "
+            f"student's is {tokenizer[:12] or '(none: an image model)'}: cross-tokenizer distillation is not "
+            "supported; use a student with the teacher's tokenizer (and vocabulary), or dump a cache with it"
+        )
     wanted = {
+        "sequence length (--seq-len)": (d.seq_len, seq_len),
         "split": (d.split, split),
         "number of classes": (d.num_classes, num_classes),
         "number of samples": (d.num_samples, num_samples),

@@ -77,5 +77,6 @@ def test_report_refuses_a_folder_that_is_not_a_report(digits_cache, run_cli, sna
     assert snapshot(out) == before
 
 
-def test_import_and_training_do_not_import_matplotlib(fresh_imports, loaded):
-    assert loaded(fresh_imports["cli"], "matplotlib") == []
+def test_import_and_training_do_not_import_matplotlib_or_the_llm_extras(fresh_imports, loaded):
+    # The language-model path's packages load only inside hf:/text: code, never for images.
+    assert loaded(fresh_imports["cli"], "matplotlib", "transformers", "tokenizers", "safetensors", "pyarrow") == []

@@ -92,6 +92,23 @@ def test_kill_a_sampled_dump_then_resume(point, run_cli, dump_reference, sampled
     assert ZarrStore.open(out).spec.encoding.kind == "sampled"
 
 
+@pytest.mark.parametrize("point", ["block:5", "finalize"])
+def test_kill_a_token_dump_then_resume(point, run_cli, lm_files, lm_cache, kill_at, check_killed_store,
+                                       assert_same_store, tmp_path):
+    """A language model's token dump (rows = positions, blocks of whole sequences) resumes to the
+    store an uninterrupted dump writes, array for array."""
+    from lm_helpers import lm_dump_args
+
+    out = tmp_path / "c.zarr"
+    command = ["dump", *lm_dump_args(lm_files), "--out", out]
+    kill_at(point, command, timeout=240)
+    state = check_killed_store(out, lm_cache)
+    assert state is not None and (int((state == DONE).sum()) < state.size or point == "finalize")
+    resumed = run_cli(command)
+    assert resumed.code == 0, resumed.err
+    assert_same_store(lm_cache, out)
+
+
 def test_killed_twice_in_a_row(run_cli, dump_reference, dump_args, kill_at, check_killed_store, assert_same_store,
                                tmp_path):
     ref = dump_reference()

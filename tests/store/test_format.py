@@ -160,7 +160,9 @@ def test_spec_validation(change, message):
         (lambda: EncodingInfo(kind="sparse", dtype="fp16"), "unknown encoding"),
         (lambda: TeacherInfo(name="x", weights_sha256="abc", num_classes=10), "sha256"),
         (lambda: DatasetInfo(name="x", split="train", num_samples=0, num_classes=10, fingerprint=""), "num_samples"),
-        (lambda: ViewsInfo(count=0, clean=True, seed=0, augmentation={}), "--views >= 1"),
+        # Images need an augmented view; only text (no augmentation) has the clean view alone.
+        (lambda: ViewsInfo(count=0, clean=True, seed=0, augmentation={"kind": "crop"}), "--views >= 1"),
+        (lambda: ViewsInfo(count=0, clean=False, seed=0, augmentation={}), "--views >= 1"),
         (lambda: ViewsInfo(count=1, clean=True, seed=-1, augmentation={}), "seed"),
         (lambda: CodecInfo(compressor="gzip"), "unknown compressor"),
         (lambda: CodecInfo(cname="foo"), "unknown blosc compressor 'foo': use zstd, lz4"),

@@ -60,12 +60,17 @@ class TopKEncoding(Encoding):
             return [idx, Field("top_logit", (), "float32"), *gaps, *scalars]
         return [idx, *gaps, Field("lse_gap", (), "uint16"), Field("target_gap", (), "uint16")]
 
+    def encode_pairs(self, logits: Tensor, labels: Tensor, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        return self.encode(logits, labels)  # the selection runs on the logits' device
+
     def encode(self, logits: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
         logits = logits.float()
         dtype = self.info.dtype
         values, indices = torch.topk(logits, self.k, dim=1)  # sorted, descending
         lse = torch.logsumexp(logits, dim=1)
-        target = logits.gather(1, labels.long()[:, None])[:, 0]
+        target = logits.gather(1, labels.long().to(logits.device)[:, None])[:, 0]
+        # Only these leave the teacher's device: (rows, k + 2), not (rows, C) (a language model's C is ~1e5).
+        values, indices, lse, target = (t.cpu() for t in (values, indices, lse, target))
         top = values[:, 0]
         gaps = top[:, None] - values[:, 1:]
         out = self.store_indices("topk_indices", indices)
