@@ -97,7 +97,8 @@ def test_every_method_trains_on_token_rows_or_is_refused_with_its_reason(name, l
 
 @pytest.fixture(scope="module")
 def cached_and_online(lm_files, tmp_path_factory, run_cli):
-    """One epoch of KD from a full fp32 token cache and with the same teacher online."""
+    """One epoch of KD from a full fp32 token cache, with the same teacher online, with another
+    student seed, and under bf16 autocast."""
     root = tmp_path_factory.mktemp("lm_cached_online")
     args = lm_dump_args(lm_files)
     args[args.index("--topk"): args.index("--topk") + 2] = ["--full", "--dtype", "fp32"]
@@ -107,7 +108,8 @@ def cached_and_online(lm_files, tmp_path_factory, run_cli):
               "--val-fraction", "0.1"]
     runs = {"cache": ["--cache", root / "full.zarr"],
             "online": ["--teacher-online", "--teacher", f"hf:{lm_files['teacher']}"],
-            "cache_seed1": ["--cache", root / "full.zarr", "--seed", "1"]}
+            "cache_seed1": ["--cache", root / "full.zarr", "--seed", "1"],
+            "bf16": ["--cache", root / "full.zarr", "--precision", "bf16"]}
     for name, extra in runs.items():
         result = run_cli([*common, *extra, "--out", root / name])
         assert result.code == 0, result.err
@@ -151,3 +153,13 @@ def test_the_trained_student_is_an_hf_folder_the_next_dump_loads(cached_and_onli
     out = run / "next.zarr"
     assert run_cli(["dump", *args, "--out", out]).code == 0
     assert ZarrStore.open(out).spec.teacher.weights_sha256 == weights_sha256(student)
+
+
+def test_bf16_autocast_trains_a_language_model_and_is_recorded(cached_and_online):
+    run = cached_and_online / "bf16"
+    assert json.loads((run / "config.json").read_text())["config"]["precision"] == "bf16"
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_ppl"])
+    # The same student as in fp32, up to bf16 rounding of the forward pass.
+    diff = _max_diff(_weights(run / "last.pt"), _weights(cached_and_online / "cache" / "last.pt"))
+    assert 0 < diff < 1e-2
