@@ -23,7 +23,7 @@ from ._common import Ctx, Section, machine_info, table
 
 # Order matters: read_speed compares with the student rate that train_step measures.
 BENCHMARKS = ("train_step", "dump_cost", "read_speed", "storage", "scaling", "scale_out", "augment", "sampled", "folder",
-              "lm_storage", "amp")
+              "lm_storage", "amp", "lm")
 HERE = Path(__file__).parent
 
 

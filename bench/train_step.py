@@ -137,10 +137,12 @@ class _Mode:
     """One training configuration: its method, its reader (cached modes) or teacher (online)."""
 
     def __init__(self, name: str, student_name: str, teacher_name: str, teacher: torch.nn.Module | None,
-                 reader: CacheReader | None, train_set, dataset_name: str, device: torch.device) -> None:
+                 reader: CacheReader | None, train_set, dataset_name: str, device: torch.device, *,
+                 num_classes: int = 100, seq_len: int | None = None, batch_size: int = BATCH,
+                 items: int | None = None) -> None:
         self.name, self.device = name, device
         torch.manual_seed(0)  # the same initial student in every mode
-        self.model = create_model(student_name, num_classes=100).to(device)
+        self.model = create_model(student_name, num_classes=num_classes).to(device)
         self.start = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         inner = self.optimizer.step
@@ -156,10 +158,13 @@ class _Mode:
         self.loss_fn = get_method(method).fn
         self.hparams = resolve_hparams(method, preset="auto", teacher=teacher_name, student=student_name)
         self.reader, self.teacher = reader, teacher
-        self.config = TrainConfig(student=student_name, dataset=dataset_name, out="-", method=method, batch_size=BATCH,
-                                  epochs=1, views=1, workers=0, progress=False)
+        # The epoch's items (the first ``items``, so that an epoch is the steps the lockstep expects).
+        self.samples = np.arange(len(train_set) if items is None else items)
+        text = seq_len is not None  # one clean view of token rows, nothing to augment
+        self.config = TrainConfig(student=student_name, dataset=dataset_name, out="-", method=method,
+                                  batch_size=batch_size, epochs=1, views=None if text else 1, seq_len=seq_len, workers=0, progress=False)
         # Without a cache, train() derives view 1's seeds as the dump did: the same pairs.
-        self.views = _Views(len(train_set), reader, self.config)
+        self.views = _Views(len(train_set), reader, self.config, augmented=not text)
         self.reads = _Timed(reader, "read") if reader is not None else None
         # The teacher's own forward passes inside the online steps, for the ideal ratio.
         self.forwards = _Timed(teacher, "forward", device) if teacher is not None else None
@@ -173,7 +178,7 @@ class _Mode:
         self.hook = hook
         epoch_views = self.views.for_epoch("cycle", 1, self.config.seed)
         compute = Compute()  # fp32, contiguous: train()'s default
-        _train_epoch(self.model, self.loss_fn, self.hparams, train_set, np.arange(len(train_set)), view_spec,
+        _train_epoch(self.model, self.loss_fn, self.hparams, train_set, self.samples, view_spec,
                      self.views, epoch_views, self.reader, self.teacher, self.config, 1, self.optimizer,
                      compute.scaler(), compute, self.device, 0, 1, None)  # every sample labelled
 
