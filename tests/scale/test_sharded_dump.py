@@ -93,3 +93,15 @@ def test_torchrun_dump_equals_one_process(reference, tmp_path, run_script):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ZarrStore.open(out).provenance.complete
     _assert_same_arrays(reference, out)
+
+
+def test_token_dump_shards_one_after_another_equal_one_process(lm_files, lm_cache, tmp_path, run_cli):
+    """Text rows go through the same blocks: shards of a token dump, finalised, equal the one-process cache."""
+    from lm_helpers import lm_dump_args
+
+    out = tmp_path / "t.zarr"
+    for i in range(3):
+        assert run_cli(["dump", *lm_dump_args(lm_files), "--out", out, "--shard", f"{i}/3"]).code == 0
+    done = run_cli(["dump", *lm_dump_args(lm_files), "--out", out, "--finalize"])
+    assert done.code == 0 and "complete: " in done.out, done.err
+    _assert_same_arrays(lm_cache, out)
