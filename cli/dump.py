@@ -124,12 +124,14 @@ def dump_command(
         f"{DEFAULT_TOPK} above; --full or --topk K to choose)" if encoding == "auto" else ""))
     for note in result.notes:
         typer.echo(note)
-    rate = f"{result.samples_per_second:,.0f} samples/s" if result.samples_written else "nothing left to write"
-    typer.echo(f"wrote {plural(result.blocks_written, 'block')} ({plural(result.samples_written, 'sample-view')}) "
+    text = bool(result.spec.dataset.seq_len)  # a text store's rows are tokens
+    unit, accuracy = ("token", "next-token accuracy") if text else ("sample-view", "accuracy")
+    rate = f"{result.samples_per_second:,.0f} {unit}s/s" if result.samples_written else "nothing left to write"
+    typer.echo(f"wrote {plural(result.blocks_written, 'block')} ({plural(result.samples_written, unit)}) "
                f"in {result.seconds:.1f} s: {rate}")
     if result.complete:
         acc = result.teacher_test_accuracy
-        typer.echo(f"complete: {result.location}" + (f" (teacher test accuracy {acc:.2f}%)" if acc is not None else ""))
+        typer.echo(f"complete: {result.location}" + (f" (teacher test {accuracy} {acc:.2f}%)" if acc is not None else ""))
     else:
         typer.echo(f"not complete yet: {result.location} (other shards still writing; the last to finish completes it, "
                    "or re-run this command once they are all done)")

@@ -408,7 +408,7 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: Dataset, teacher: nn.Mod
                 yield ViewBatch(samples=idx[sl], seeds=seeds[sl], clean=clean[sl])
 
     total = sum(len(layout.block_range(b, n)) for _, b in pending)
-    bar = tqdm(total=total, unit="img", unit_scale=True, desc=f"dump {spec.teacher.name}", disable=not config.progress)
+    bar = tqdm(total=total, unit="tok" if spec.dataset.seq_len else "img", unit_scale=True, desc=f"dump {spec.teacher.name}", disable=not config.progress)
     writer = BlockWriter(store)
     start = time.perf_counter()
     stream = augmented_batches(dataset, view_spec, batches(), device=device, workers=config.workers)

@@ -918,7 +918,7 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
     correct_t = torch.zeros((), dtype=torch.int64, device=device)
     seen = seen_rows = forwards = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(order), unit="img", unit_scale=True, desc=f"epoch {epoch}/{config.epochs}",
+    bar = tqdm(total=len(order), unit="seq" if config.seq_len else "img", unit_scale=True, desc=f"epoch {epoch}/{config.epochs}",
                disable=not config.progress or rank != 0, leave=False)
 
     def local_batches() -> Iterator[ViewBatch]:

@@ -101,7 +101,8 @@ def test_token_dump_shards_one_after_another_equal_one_process(lm_files, lm_cach
 
     out = tmp_path / "t.zarr"
     for i in range(3):
-        assert run_cli(["dump", *lm_dump_args(lm_files), "--out", out, "--shard", f"{i}/3"]).code == 0
+        shard = run_cli(["dump", *lm_dump_args(lm_files), "--out", out, "--shard", f"{i}/3"])
+        assert shard.code == 0 and " tokens) in " in shard.out and " tokens/s" in shard.out, shard.out + shard.err
     done = run_cli(["dump", *lm_dump_args(lm_files), "--out", out, "--finalize"])
-    assert done.code == 0 and "complete: " in done.out, done.err
+    assert done.code == 0 and "complete: " in done.out and "(teacher test next-token accuracy " in done.out, done.err
     _assert_same_arrays(lm_cache, out)
