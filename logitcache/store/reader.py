@@ -222,6 +222,10 @@ def check_matches(spec: CacheSpec, *, dataset_name: str, split: str, num_samples
     """Refuse a cache made for another dataset, split, class count, sample count or augmentation;
     for text, another tokenizer or sequence length, each named."""
     d = spec.dataset
+    if bool(d.tokenizer) != bool(tokenizer):
+        kinds = ("a text cache", "image data") if d.tokenizer else ("an image cache", "text data")
+        raise CacheMismatch(f"cache ({d.name}) is {kinds[0]} but the training data ({dataset_name}) is {kinds[1]}: "
+                            f"use a cache dumped from {dataset_name}")
     if d.tokenizer != tokenizer:
         raise CacheMismatch(
             f"cache ({d.name}) was tokenised with tokenizer {d.tokenizer[:12] or '(none: an image cache)'} but the "

@@ -101,3 +101,15 @@ def test_a_student_of_another_tokenizer_or_seq_len_or_text_is_refused(lm_files, 
     _refused(run_cli([*base, "--student", f"hf:{lm_files['student']}", "--label-fraction", "0.5", "--out", out]),
              "drop --label-fraction")
     assert not out.exists()
+
+
+def test_an_image_cache_for_text_and_a_text_cache_for_images_are_refused_as_such(lm_files, lm_cache, digits_cache,
+                                                                                  run_cli, tmp_path):
+    out = tmp_path / "run"
+    text = [*TRAIN, "--method", "kd", "--cache", digits_cache, "--dataset", f"text:{lm_files['text']}",
+            "--student", f"hf:{lm_files['student']}", "--out", out]
+    _refused(run_cli(text), "is an image cache but the training data", "is text data")
+    image = ["train", "--method", "kd", "--cache", lm_cache, "--dataset", "digits", "--student", "resnet8",
+             "--epochs", "1", "--device", "cpu", "--quiet", "--out", out]
+    _refused(run_cli(image), "is a text cache but the training data (digits) is image data")
+    assert not out.exists()
