@@ -228,8 +228,8 @@ def check_matches(spec: CacheSpec, *, dataset_name: str, split: str, num_samples
                             f"use a cache dumped from {dataset_name}")
     if d.tokenizer != tokenizer:
         raise CacheMismatch(
-            f"cache ({d.name}) was tokenised with tokenizer {d.tokenizer[:12] or '(none: an image cache)'} but the "
-            f"student's is {tokenizer[:12] or '(none: an image model)'}: cross-tokenizer distillation is not "
+            f"cache ({d.name}) was tokenised with tokenizer {d.tokenizer[:12]} but the "
+            f"student's is {tokenizer[:12]}: cross-tokenizer distillation is not "
             "supported; use a student with the teacher's tokenizer (and vocabulary), or dump a cache with it"
         )
     wanted = {
