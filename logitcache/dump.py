@@ -27,7 +27,7 @@ from . import _utils
 from .cache_home import location_in_home
 from .datasets import Dataset, ImageDataset, open_dataset
 from .distributed import local_device, torchrun_rank
-from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError
+from .errors import BadInput, CacheCorrupt, CacheMismatch, CacheOutdated, DataError, NonFiniteLogits
 from .loader import ViewBatch, augmented_batches, true_labels
 from .models import ModelInput, fit_to_model, weights_sha256
 from .models.inputs import first_logits
@@ -198,9 +198,13 @@ def _without_checksum(codec: CodecInfo) -> CodecInfo:
 
 def _num_outputs(model: nn.Module, dataset: ImageDataset, view: ViewSpec, name: str, compute: Compute) -> int:
     logits = first_logits(model, dataset, view, f"teacher {name}", compute)
-    # e.g. a checkpoint with NaN weights, or one that overflows fp16: refuse before any write
-    check_finite(logits, compute, np.zeros(1, dtype=np.int64), "unaugmented", "nothing was written",
-                 fp32=lambda row: first_logits(model, dataset, view, f"teacher {name}"))
+    # e.g. a checkpoint with NaN weights, or one that overflows fp16: refused before any write. The
+    # encoding is not chosen yet (it depends on the class count): what every encoding refuses, a
+    # NaN/+inf reaching the logsumexp; the block's encoding checks what it stores.
+    bad = ~torch.isfinite(torch.logsumexp(logits.float().flatten(0, -2), dim=1))
+    if bad.any():
+        refuse_non_finite(int(bad.nonzero()[0, 0]), compute, np.zeros(1, dtype=np.int64), "unaugmented",
+                          "nothing was written", fp32=lambda row: first_logits(model, dataset, view, f"teacher {name}"))
     return int(logits.shape[-1])
 
 
@@ -424,10 +428,12 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: Dataset, teacher: nn.Mod
                 row_seeds = view_seeds(spec.views.seed, v, batch_rows)
                 with torch.inference_mode():
                     logits = compute.forward(teacher, inputs).flatten(0, -2)  # (rows, classes): text's (B, L, V) too
-                    check_finite(logits, compute, batch_rows, f"view {v}", "the block was not written",
-                                 fp32=lambda row: teacher(compute.inputs(inputs[row // per : row // per + 1])))
                 labels = torch.from_numpy(true_labels(dataset, view_spec, batch))
-                parts.append(encoding.encode_pairs(logits, labels, row_seeds))
+                try:  # the encoding checks what it stores: (rows, k + 2) numbers, not (rows, V)
+                    parts.append(encoding.encode_pairs(logits, labels, row_seeds))
+                except NonFiniteLogits as e:
+                    refuse_non_finite(e.row, compute, batch_rows, f"view {v}", "the block was not written",
+                                      fp32=lambda row: teacher(compute.inputs(inputs[row // per : row // per + 1])))
                 result.teacher_seconds += time.perf_counter() - t0
                 seeds.append(row_seeds)
                 bar.update(len(batch_rows))
@@ -447,16 +453,16 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: Dataset, teacher: nn.Mod
     return result
 
 
-def check_finite(logits: torch.Tensor, compute: Compute, samples: np.ndarray, where: str, consequence: str, *,
-                 fp32: Callable[[int], torch.Tensor]) -> None:
-    """Refuse a batch of teacher logits holding NaN/inf, naming the first such (view, sample): a
+def refuse_non_finite(row: int, compute: Compute, samples: np.ndarray, where: str, consequence: str, *,
+                      fp32: Callable[[int], torch.Tensor]) -> None:
+    """Refuse a batch of teacher logits whose ``row`` holds NaN/inf, naming its (view, sample): a
     precision's overflow (``fp32(row)``, that row's forward in fp32, is finite) with the precision
     to use instead, anything else as the checkpoint's or the data's problem. Never stored: the
-    caller has not written it."""
-    bad = ~torch.isfinite(logits).all(dim=1)
-    if not bad.any():
-        return
-    row = int(bad.nonzero()[0, 0])
+    caller has not written it.
+
+    Raises:
+        DataError: always.
+    """
     what = f"teacher produced NaN/inf logits for sample {int(samples[row])} ({where}); {consequence}"
     if compute.amp and bool(torch.isfinite(fp32(row)).all()):
         raise DataError(f"{what}: {compute.overflow_hint()}")

@@ -34,6 +34,18 @@ class DataError(LogitcacheError):
     """A dataset that is missing, empty or unreadable."""
 
 
+class NonFiniteLogits(DataError):
+    """Teacher logits an encoding refuses: NaN/inf in what it stores or in the row's logsumexp.
+
+    ``row`` is the first such row of the batch, for the caller to name its (view, sample).
+    """
+
+    def __init__(self, row: int, kind: str) -> None:
+        super().__init__(f"teacher logits of row {row} are NaN/inf where the {kind} encoding stores them "
+                         "(or in their logsumexp): nothing of the batch is stored")
+        self.row = row
+
+
 class CacheError(LogitcacheError):
     """Base class for problems with a logit cache."""
 

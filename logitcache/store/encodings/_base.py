@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..._registry import Registry
-from ...errors import DataError
+from ...errors import DataError, NonFiniteLogits
 from ...teacher_view import TeacherView
 from ..format import EncodingInfo
 
@@ -35,7 +35,12 @@ class Encoding:
         raise NotImplementedError
 
     def encode(self, logits: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
-        """(B, C) fp32 logits and (B,) labels -> one (B, *trailing) array per field."""
+        """(B, C) fp32 logits and (B,) labels -> one (B, *trailing) array per field.
+
+        Raises:
+            NonFiniteLogits: NaN/inf in what the encoding would store, or in a row's logsumexp
+                (:func:`require_finite`): an encoding never stores a non-finite number.
+        """
         raise NotImplementedError
 
     def encode_pairs(self, logits: Tensor, labels: Tensor, seeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,6 +97,23 @@ def get_encoding(info: EncodingInfo, num_classes: int) -> Encoding:
 
 def list_encodings() -> list[str]:
     return _ENCODINGS.names()
+
+
+def require_finite(kind: str, *stored: Tensor) -> None:
+    """Refuse a batch where any of ``stored`` ((B,) or (B, n) each) holds NaN/inf, naming its first such row.
+
+    What an encoding stores decides what it checks, on (B, k + 2) numbers rather than all (B, C)
+    logits: a NaN or +inf anywhere in a row reaches its logsumexp, a -inf is a probability of 0
+    that only matters where it would be stored.
+
+    Raises:
+        NonFiniteLogits: with the first such row.
+    """
+    ok = torch.ones(len(stored[0]), dtype=torch.bool, device=stored[0].device)
+    for t in stored:
+        ok &= torch.isfinite(t).all(dim=1) if t.dim() > 1 else torch.isfinite(t)
+    if not bool(ok.all()):
+        raise NonFiniteLogits(int((~ok).nonzero()[0, 0]), kind)
 
 
 def to_stored(x: Tensor, dtype: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ...teacher_view import TeacherView
-from ._base import STORED_DTYPE, Encoding, Field, from_stored, register_encoding, to_stored
+from ._base import STORED_DTYPE, Encoding, Field, from_stored, register_encoding, require_finite, to_stored
 
 
 @register_encoding("full")
@@ -34,6 +34,7 @@ class FullEncoding(Encoding):
 
     def encode(self, logits: Tensor, labels: Tensor) -> dict[str, np.ndarray]:
         logits = logits.float()
+        require_finite("full", logits)  # every logit is stored
         if not self.relative:
             return {"logits": logits.numpy()}
         top = logits.max(dim=1, keepdim=True).values

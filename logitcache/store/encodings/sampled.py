@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ...teacher_view import TeacherView
 from ..._seeds import _hash
-from ._base import Encoding, Field, register_encoding
+from ._base import Encoding, Field, register_encoding, require_finite
 
 DRAW_STREAM = 0x5A4D  # hash word that separates the draws' uniforms from the augmentation's streams
 _UNIFORM_BITS = 24  # fp32 holds every multiple of 2**-24 in [0, 1) exactly
@@ -127,15 +127,18 @@ class SampledEncoding(Encoding):
         raise TypeError("the sampled encoding draws from the view seeds: call encode_pairs(logits, labels, seeds)")
 
     def encode_pairs(self, logits: Tensor, labels: Tensor, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        cpu = logits.float().cpu()  # the scalars on the CPU, as the other encodings compute them
+        lse, target = torch.logsumexp(cpu, dim=1), cpu.gather(1, labels.long()[:, None])[:, 0]
+        # Refused before drawing: a -inf class is never drawn (probability 0), the rest reaches lse.
+        require_finite("sampled", lse, target)
         classes = inverse_cdf(tempered_cdf(logits, self.info.temperature), self.uniforms(seeds, logits.device))
         indices, counts = count_draws(classes, self.slots)
         fields = {f.name: f.dtype for f in self.fields()}
-        cpu = logits.float().cpu()  # the scalars on the CPU, as the other encodings compute them
         return {
             **self.store_indices("sample_indices", indices),
             "sample_counts": counts.cpu().numpy().astype(fields["sample_counts"]),
-            "lse": torch.logsumexp(cpu, dim=1).numpy(),
-            "target_logit": cpu.gather(1, labels.long()[:, None])[:, 0].numpy(),
+            "lse": lse.numpy(),
+            "target_logit": target.numpy(),
         }
 
     def class_indices(self, arrays: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray]:

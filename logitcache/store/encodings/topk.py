@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ...teacher_view import TeacherView
-from ._base import STORED_DTYPE, Encoding, Field, from_stored, register_encoding, to_stored
+from ._base import STORED_DTYPE, Encoding, Field, from_stored, register_encoding, require_finite, to_stored
 
 GAP_STEP = 1 / 16
 LSE_STEP = 2.0**-12
@@ -71,6 +71,7 @@ class TopKEncoding(Encoding):
         target = logits.gather(1, labels.long().to(logits.device)[:, None])[:, 0]
         # Only these leave the teacher's device: (rows, k + 2), not (rows, C) (a language model's C is ~1e5).
         values, indices, lse, target = (t.cpu() for t in (values, indices, lse, target))
+        require_finite("topk", values, lse, target)  # q8's gaps derive from these three
         top = values[:, 0]
         gaps = top[:, None] - values[:, 1:]
         out = self.store_indices("topk_indices", indices)
