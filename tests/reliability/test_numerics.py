@@ -161,3 +161,48 @@ def test_an_fp16_gap_overflow_names_a_dtype_that_works(offset_checkpoints, run_c
     assert run_cli([*base, "--dtype", "bf16", "--out", out, "--overwrite"]).code == 0  # what it says, on that --out
     view = _read(out, 1, 64)
     assert (view.argmax == 3).all() and torch.isfinite(view.log_probs()).all()
+
+
+# --------------------------------------------------------------------------- what an encoding checks
+# A teacher row poisoned in some classes (10 classes, logits 0..9): the encoding checks what it
+# stores plus the logsumexp, never all (rows, C) logits, and refuses exactly these.
+C = 10
+POISON = {  # name: (encoding, k, poisoned classes, value, refused); row 1's true class is 0
+    "topk -inf in a stored slot": ("topk", 9, [1, 2], -np.inf, True),  # 9 of 10 stored: one -inf among them
+    "topk -inf target, unstored slot": ("topk", 3, [0], -np.inf, True),  # the target logit is stored
+    "topk nan in the unstored tail": ("topk", 3, [4], np.nan, True),
+    "topk +inf in the unstored tail": ("topk", 3, [4], np.inf, True),
+    "topk -inf in the unstored tail": ("topk", 3, [4, 5], -np.inf, False),  # probability 0, stored as such
+    "full -inf": ("full", None, [4], -np.inf, True),  # every logit is stored
+    "sampled nan": ("sampled", None, [4], np.nan, True),
+    "sampled -inf": ("sampled", None, [4], -np.inf, False),  # never drawn
+}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "q8"])
+@pytest.mark.parametrize("case", list(POISON))
+def test_an_encoding_refuses_non_finite_logits_where_they_count(case, dtype):
+    from logitcache.errors import NonFiniteLogits
+    from logitcache.store.encodings import get_encoding
+    from logitcache.store.format import EncodingInfo
+
+    kind, k, classes, value, refused = POISON[case]
+    if dtype != "fp32" and kind == "sampled" or dtype == "q8" and kind == "full":
+        pytest.skip(f"{kind} stores no {dtype}")
+    extra = {"topk": dict(k=k), "sampled": dict(samples=16, temperature=1.0)}.get(kind, {})
+    encoding = get_encoding(EncodingInfo(kind=kind, dtype=dtype, **extra), C)
+    logits, labels = torch.arange(C, dtype=torch.float32).repeat(3, 1), torch.tensor([C - 1, 0, C - 1])
+    logits[1, classes] = value
+    seeds = np.arange(3, dtype=np.uint32)
+    if refused:
+        with pytest.raises(NonFiniteLogits) as caught:
+            encoding.encode_pairs(logits, labels, seeds)
+        assert caught.value.row == 1
+        return
+    view = encoding.decode(encoding.encode_pairs(logits, labels, seeds), labels)
+    assert view.finite.all()
+    if kind == "sampled":  # a sampled view has no log-probabilities, only its draws
+        drawn = view.sample_indices[1][view.sample_counts[1] > 0]
+        assert not np.isin(drawn.numpy(), classes).any()
+    else:
+        assert torch.isfinite(view.log_probs()).all()
