@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from .errors import UnknownName
+from .errors import BadInput, UnknownName
 
 SHIPPED_TEXTS = {"botchan": "botchan.txt"}
 SHIPPED_MODELS = {"tiny-teacher": "lm/tiny-teacher", "tiny-student": "lm/tiny-student"}
@@ -20,7 +20,10 @@ def shipped(relative: str) -> Path:
     return Path(str(files("logitcache_data").joinpath(relative)))
 
 
-def _resolve(arg: str, names: dict[str, str], what: str, prefix: str) -> Path:
+def _resolve(arg: str, names: dict[str, str], what: str, prefix: str, usage: str) -> Path:
+    shortcuts = ", ".join(names)
+    if not arg:  # Path("") is the working directory, which exists
+        raise BadInput(f"{prefix} needs {usage}, or one of the shipped {shortcuts}")
     path = Path(arg).expanduser()
     if path.exists():
         return path
@@ -34,9 +37,10 @@ def _resolve(arg: str, names: dict[str, str], what: str, prefix: str) -> Path:
 
 def resolve_text(arg: str) -> Path:
     """``text:ARG``: an existing file or folder, else a shipped text by name (``botchan``)."""
-    return _resolve(arg, SHIPPED_TEXTS, "text file or folder", "text:")
+    return _resolve(arg, SHIPPED_TEXTS, "text file or folder", "text:",
+                    "a path: text:PATH (a .txt, .jsonl or .parquet file or a folder of them)")
 
 
 def resolve_model_dir(arg: str) -> Path:
     """``hf:ARG``: an existing folder, else a shipped config-only model by name (``tiny-teacher``)."""
-    return _resolve(arg, SHIPPED_MODELS, "model folder", "hf:")
+    return _resolve(arg, SHIPPED_MODELS, "model folder", "hf:", "a folder: hf:DIR")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._data import SHIPPED_TEXTS, resolve_text
+from ._data import resolve_text
 from .errors import BadInput, DataError
 from .views import NO_AUGMENTATION
 
@@ -95,14 +95,6 @@ class TextDataset:
             "tokenizer": self.tokenizer,
             "seq_len": self.seq_len,
         }
-
-
-def resolve_path(arg: str) -> Path:
-    """The file or folder of ``text:PATH``: an existing path always wins, else a shipped name."""
-    if not arg:
-        raise BadInput(f"text: needs a path: text:PATH (a .txt, .jsonl or .parquet file or a folder of them), or "
-                       f"one of the shipped {', '.join(SHIPPED_TEXTS)}")
-    return resolve_text(arg)
 
 
 def _files(path: Path) -> list[Path]:
@@ -179,7 +171,7 @@ def open_text(*, name: str, arg: str, split: str, model: str | None, seq_len: in
     if folder.max_positions is not None and seq_len > folder.max_positions:
         raise BadInput(f"--seq-len {seq_len} is longer than {model}'s context (max_position_embeddings "
                        f"{folder.max_positions}): use --seq-len {folder.max_positions} or less")
-    tokens = _tokens(resolve_path(arg), folder, name)
+    tokens = _tokens(resolve_text(arg), folder, name)
     count = (len(tokens) - 1) // seq_len
     if count < 2:
         raise DataError(f"{name} has {len(tokens)} tokens: fewer than two sequences of --seq-len {seq_len} (one to "

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from logitcache._data import SHIPPED_MODELS, resolve_model_dir, resolve_text, shipped
-from logitcache.errors import UnknownName
+from logitcache.errors import BadInput, UnknownName
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +92,14 @@ def test_an_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch):
         resolve_model_dir("nope")
     with pytest.raises(UnknownName, match="text:nope: .*text:botchan"):
         resolve_text("nope")
+
+
+def test_an_empty_name_is_refused_by_the_one_lookup(tmp_path, monkeypatch):
+    """``text:`` and ``hf:`` with nothing after them: refused naming the form and the shipped names,
+    never the working directory (``Path("")`` exists)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadInput, match=r"^hf: needs a folder: hf:DIR, or one of the shipped tiny-teacher, tiny-student$"):
+        resolve_model_dir("")
+    with pytest.raises(BadInput, match=r"^text: needs a path: text:PATH \(a .txt, .jsonl or .parquet file or a folder "
+                                       r"of them\), or one of the shipped botchan$"):
+        resolve_text("")

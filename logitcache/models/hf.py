@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._data import SHIPPED_MODELS, resolve_model_dir
+from .._data import resolve_model_dir
 from ..errors import BadInput, CheckpointError
 from ._registry import ModelSource, register_source
 
@@ -51,10 +51,7 @@ def transformers_module() -> Any:
 
 def resolve_dir(name: str) -> Path:
     """The folder of ``hf:DIR``: an existing path always wins, else a shipped name."""
-    arg = name[len(HF_PREFIX):] if is_hf(name) else name
-    if not arg:
-        raise BadInput(f"hf: needs a folder: hf:DIR, or one of the shipped {', '.join(SHIPPED_MODELS)}")
-    return resolve_model_dir(arg)
+    return resolve_model_dir(name[len(HF_PREFIX):] if is_hf(name) else name)
 
 
 class HFFolder:
