@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,20 @@ from torch import Tensor
 
 from logitcache.methods import get_method, list_methods, resolve_hparams
 from logitcache.teacher_view import TeacherView
+
+DOCS = Path(__file__).parents[2] / "docs" / "methods.md"
+
+
+def docs_verdicts(section: str, words: str) -> dict[str, str]:
+    """method -> verdict (one of ``words``, a regex alternation: ``runs|refused``) from the verdict
+    table of docs/methods.md's ``## {section}``: the docs and the registry must agree."""
+    text = DOCS.read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    verdicts: dict[str, str] = {}
+    for names, verdict in re.findall(rf"^\| (`[^|]+`) \| ({words})", text, flags=re.M):
+        for name in re.findall(r"`([^`]+)`", names):
+            verdicts[name] = verdict
+    return verdicts
+
 
 # (encoding, C, k): a full view, and top-k views as the cache stores them (k=5 of 100, k=3 of 10).
 ENCODINGS = [("full", 100, None), ("full", 10, None), ("topk", 100, 5), ("topk", 10, 3)]

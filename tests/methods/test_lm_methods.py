@@ -3,9 +3,6 @@ verdict on token rows (rows = positions, the true class = the next token)."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,10 +15,8 @@ from logitcache.methods._registry import METHODS
 from logitcache.methods.jsd import generalized_jsd
 from logitcache.teacher_view import TeacherView
 
-from .cases import logits_pair, make_view
+from .cases import docs_verdicts, logits_pair, make_view
 from .test_sampled_verdicts import sampled_view
-
-DOCS = Path(__file__).parents[2] / "docs" / "methods.md"
 
 
 def trl_generalized_jsd_loss(student_logits, teacher_logits, beta=0.5, temperature=1.0):
@@ -153,18 +148,8 @@ def test_jsd_runs_on_draws_only_as_forward_kl_at_their_temperature():
 
 
 # --------------------------------------------------------------------------- token rows
-def docs_token_verdicts() -> dict[str, str]:
-    """method -> 'yes' or 'refused', from the table of docs/methods.md's language-model section."""
-    section = DOCS.read_text().split("## Language models", 1)[1].split("\n## ", 1)[0]
-    verdicts: dict[str, str] = {}
-    for names, verdict in re.findall(r"^\| (`[^|]+`) \| (yes|refused)", section, flags=re.M):
-        for name in re.findall(r"`([^`]+)`", names):
-            verdicts[name] = verdict
-    return verdicts
-
-
 def test_every_method_declares_its_verdict_on_tokens_and_the_docs_state_it():
-    assert docs_token_verdicts() == {
+    assert docs_verdicts("Language models", "yes|refused") == {
         name: "refused" if get_method(name).refusal_on_tokens() else "yes" for name in list_methods()
     }
     for name in list_methods():

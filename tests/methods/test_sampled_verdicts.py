@@ -4,7 +4,6 @@ docs/methods.md's verdict table says, and KD's verdict depends on its temperatur
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,19 +15,11 @@ from logitcache.methods._registry import _UNDECLARED, METHODS
 from logitcache.store.encodings import get_encoding
 from logitcache.store.format import EncodingInfo
 
-from .cases import logits_pair
-
-DOCS = Path(__file__).parents[2] / "docs" / "methods.md"
+from .cases import docs_verdicts, logits_pair
 
 
-def docs_verdicts() -> dict[str, str]:
-    """method -> 'runs' or 'refused', from the verdict table of docs/methods.md."""
-    section = DOCS.read_text().split("## Sampled caches", 1)[1].split("\n## ", 1)[0]
-    verdicts: dict[str, str] = {}
-    for names, verdict in re.findall(r"^\| (`[^|]+`) \| (runs|refused)", section, flags=re.M):
-        for name in re.findall(r"`([^`]+)`", names):
-            verdicts[name] = verdict
-    return verdicts
+def sampled_docs() -> dict[str, str]:
+    return docs_verdicts("Sampled caches", "runs|refused")
 
 
 def sampled_view(temperature: float, classes: int = 10, batch: int = 6):
@@ -40,7 +31,7 @@ def sampled_view(temperature: float, classes: int = 10, batch: int = 6):
 
 
 def test_every_method_declares_a_verdict_and_the_docs_list_it():
-    assert docs_verdicts().keys() == set(list_methods())
+    assert sampled_docs().keys() == set(list_methods())
     for name in list_methods():
         assert get_method(name).needs_teacher is False or get_method(name).sampled != _UNDECLARED, name
 
@@ -50,7 +41,7 @@ def test_each_method_runs_or_refuses_as_documented(name):
     """With default hyper-parameters at their own temperature (where they have one)."""
     hparams = resolve_hparams(name)
     student, view, target = sampled_view(hparams.get("temperature") or 4.0)
-    if docs_verdicts()[name] == "runs":
+    if sampled_docs()[name] == "runs":
         terms = compute_loss(name, student.requires_grad_(), view, target, epoch=1, hparams=hparams)
         total = sum(terms.values())
         total.backward()
