@@ -17,7 +17,7 @@ import io
 import pstats
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,64 @@ def _bare(teacher: torch.nn.Module, images: list[torch.Tensor]) -> float:
     return time.perf_counter() - t
 
 
+@dataclass
+class DumpTimes:
+    """Alternating repeats of a dump and of the bare forwards it runs: seconds per repeat."""
+
+    walls: list[float] = field(default_factory=list)  # dump() end to end
+    loops: list[float] = field(default_factory=list)  # its stage-one loop (DumpResult.seconds)
+    teacher: list[float] = field(default_factory=list)  # forward + encode in that loop (teacher_seconds)
+    bare_stage: list[float] = field(default_factory=list)  # bare forwards of stage one
+    bare_all: list[float] = field(default_factory=list)  # the same plus the test split finalize evaluates
+
+    @property
+    def ratios(self) -> tuple[float, float]:
+        """bare / dump: end to end, and of the stage-one loop alone."""
+        return median(self.bare_all) / median(self.walls), median(self.bare_stage) / median(self.loops)
+
+    def tables(self, target: float) -> tuple[list[list], str]:
+        """The comparison rows against ``target`` and the detail table of the medians and spreads."""
+        ratio_all, ratio_stage = self.ratios
+        wall, loop = median(self.walls), median(self.loops)
+        rows = [
+            ["`dump()` end to end vs forwards of stage one + test evaluation", fmt_ms(wall),
+             fmt_ms(median(self.bare_all)), f"{ratio_all:.3f}", "met" if ratio_all >= target else "MISSED"],
+            ["stage-one loop (`DumpResult.seconds`) vs forwards of stage one", fmt_ms(loop),
+             fmt_ms(median(self.bare_stage)), f"{ratio_stage:.3f}", "met" if ratio_stage >= target else "MISSED"],
+        ]
+        n = len(self.walls)
+        detail = table(["", "median", "spread (range)", "n"], [
+            ["dump() wall", fmt_ms(wall), f"{spread(self.walls):.1f} %", n],
+            ["stage-one loop", fmt_ms(loop), f"{spread(self.loops):.1f} %", n],
+            ["  of which forward + encode in the loop (`teacher_seconds`)", fmt_ms(median(self.teacher)), "", n],
+            ["bare forwards, stage one", fmt_ms(median(self.bare_stage)), f"{spread(self.bare_stage):.1f} %", n],
+            ["bare forwards, stage one + test split", fmt_ms(median(self.bare_all)), f"{spread(self.bare_all):.1f} %", n],
+        ])
+        return rows, detail
+
+
+def time_dumps(ctx: Ctx, base: DumpConfig, teacher: torch.nn.Module, stage_one: list[torch.Tensor],
+               evaluation: list[torch.Tensor], repeats: int, name: str, *, keep_last: bool = False) -> DumpTimes:
+    """Dumps into ``{name}-{r}.zarr`` alternating with the bare forwards, a fresh store each time
+    (``keep_last``: the last store stays, for what is measured on it next)."""
+    times = DumpTimes()
+    for r in range(repeats):
+        out = Path(ctx.workdir) / f"{name}-{r}.zarr"
+        ctx.quiet()
+        t = time.perf_counter()
+        result = dump(replace(base, out=str(out)))
+        times.walls.append(time.perf_counter() - t)
+        times.loops.append(result.seconds)
+        times.teacher.append(result.teacher_seconds)
+        if not (keep_last and r == repeats - 1):
+            shutil.rmtree(out, ignore_errors=True)
+        ctx.quiet()
+        s = _bare(teacher, stage_one)
+        times.bare_stage.append(s)
+        times.bare_all.append(s + _bare(teacher, evaluation))
+    return times
+
+
 def profile_dump(config: DumpConfig, teacher_lines: str) -> list[str]:
     """A cProfile of one dump into ``config.out`` (removed afterwards), as report paragraphs."""
     prof = cProfile.Profile()
@@ -85,35 +143,9 @@ def run(ctx: Ctx) -> Section:
     evaluation = [x for _, x in augmented_batches(test_set, test_set.train_view, clean_batches(test_set, 256), device=device)]
     _bare(teacher, stage_one[:2])  # warm-up
 
-    walls, runs, bare_all, bare_stage = [], [], [], []
-    for r in range(repeats):
-        out = Path(ctx.workdir) / f"dump-{r}.zarr"
-        ctx.quiet()
-        t = time.perf_counter()
-        result = dump(replace(base, out=str(out)))
-        walls.append(time.perf_counter() - t)
-        runs.append(result)
-        shutil.rmtree(out, ignore_errors=True)
-        ctx.quiet()
-        s = _bare(teacher, stage_one)
-        bare_stage.append(s)
-        bare_all.append(s + _bare(teacher, evaluation))
-    wall, loop = median(walls), median([r.seconds for r in runs])
-    ratio_all, ratio_stage = median(bare_all) / wall, median(bare_stage) / loop
-    fwd_enc = median([r.teacher_seconds for r in runs])
-    rows = [
-        ["`dump()` end to end vs forwards of stage one + test evaluation", fmt_ms(wall), fmt_ms(median(bare_all)),
-         f"{ratio_all:.3f}", "met" if ratio_all >= TARGET else "MISSED"],
-        ["stage-one loop (`DumpResult.seconds`) vs forwards of stage one", fmt_ms(loop), fmt_ms(median(bare_stage)),
-         f"{ratio_stage:.3f}", "met" if ratio_stage >= TARGET else "MISSED"],
-    ]
-    detail = table(["", "median", "spread (range)", "n"], [
-        ["dump() wall", fmt_ms(wall), f"{spread(walls):.1f} %", repeats],
-        ["stage-one loop", fmt_ms(loop), f"{spread([r.seconds for r in runs]):.1f} %", repeats],
-        ["  of which forward + encode in the loop (`teacher_seconds`)", fmt_ms(fwd_enc), "", repeats],
-        ["bare forwards, stage one", fmt_ms(median(bare_stage)), f"{spread(bare_stage):.1f} %", repeats],
-        ["bare forwards, stage one + test split", fmt_ms(median(bare_all)), f"{spread(bare_all):.1f} %", repeats],
-    ])
+    times = time_dumps(ctx, base, teacher, stage_one, evaluation, repeats, "dump")
+    ratio_all, ratio_stage = times.ratios
+    rows, detail = times.tables(TARGET)
     body = [
         f"Teacher {teacher_name} (random init), {n} CIFAR-100-shaped samples (`{dataset}`), clean view + 1 "
         f"augmented view, top-10 bf16 (a random-init resnet110 has logits beyond fp16), chunks of 512 ({-(-n // 512)} blocks a view), batch 256, {ctx.device}, "

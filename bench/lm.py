@@ -12,8 +12,6 @@ CE, KD from the top-k cache just dumped, and KD with the teacher online.
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -22,14 +20,14 @@ import numpy as np
 import torch
 
 from logitcache.datasets import open_dataset
-from logitcache.dump import DumpConfig, dump
+from logitcache.dump import DumpConfig
 from logitcache.store.format import Layout
 from logitcache.store.reader import CacheReader
 from logitcache.teacher import build_teacher
 
 from ._common import Ctx, Section, fmt_ms, median, spread, table
 from .dump_cost import TARGET as DUMP_TARGET
-from .dump_cost import _bare, profile_dump
+from .dump_cost import _bare, profile_dump, time_dumps
 from .train_step import _Lockstep, _loss_seconds, _Mode, _rebuild_seconds
 
 TEACHER, DATASET = "hf:tiny-teacher", "text:botchan"
@@ -101,36 +99,11 @@ def run(ctx: Ctx) -> Section:
                   for s in range(0, len(test_set), DUMP_BATCH)]
     _bare(teacher, stage_one[:2])  # warm-up
 
-    walls, loops, bare_all, bare_stage = [], [], [], []
-    for r in range(repeats):
-        out = Path(ctx.workdir) / f"lm-dump-{r}.zarr"
-        ctx.quiet()
-        t = time.perf_counter()
-        result = dump(replace(base, out=str(out)))
-        walls.append(time.perf_counter() - t)
-        loops.append(result.seconds)
-        if r < repeats - 1:
-            shutil.rmtree(out, ignore_errors=True)
-        ctx.quiet()
-        s = _bare(teacher, stage_one)
-        bare_stage.append(s)
-        bare_all.append(s + _bare(teacher, evaluation))
+    times = time_dumps(ctx, base, teacher, stage_one, evaluation, repeats, "lm-dump", keep_last=True)
     cache = Path(ctx.workdir) / f"lm-dump-{repeats - 1}.zarr"
-    wall, loop = median(walls), median(loops)
-    ratio_all, ratio_stage = median(bare_all) / wall, median(bare_stage) / loop
+    ratio_all, ratio_stage = times.ratios
     tokens = len(train_set.labels)
-    dump_rows = [
-        ["`dump()` end to end vs forwards of stage one + test evaluation", fmt_ms(wall), fmt_ms(median(bare_all)),
-         f"{ratio_all:.3f}", "met" if ratio_all >= DUMP_TARGET else "MISSED"],
-        ["stage-one loop (`DumpResult.seconds`) vs forwards of stage one", fmt_ms(loop), fmt_ms(median(bare_stage)),
-         f"{ratio_stage:.3f}", "met" if ratio_stage >= DUMP_TARGET else "MISSED"],
-    ]
-    dump_detail = table(["", "median", "spread (range)", "n"], [
-        ["dump() wall", fmt_ms(wall), f"{spread(walls):.1f} %", repeats],
-        ["stage-one loop", fmt_ms(loop), f"{spread(loops):.1f} %", repeats],
-        ["bare forwards, stage one", fmt_ms(median(bare_stage)), f"{spread(bare_stage):.1f} %", repeats],
-        ["bare forwards, stage one + test split", fmt_ms(median(bare_all)), f"{spread(bare_all):.1f} %", repeats],
-    ])
+    dump_rows, dump_detail = times.tables(DUMP_TARGET)
 
     # Steps: CE, KD from the cache above, KD with the teacher online, for two student sizes.
     rows = STEP_BATCH * SEQ_LEN
