@@ -280,7 +280,9 @@ def fill_stores(targets: Sequence[tuple[str | os.PathLike, CacheSpec]], labels: 
     gen = teacher.logits if isinstance(teacher, SyntheticTeacher) else teacher
     first = targets[0][1]
     n, layout, total_views = first.dataset.num_samples, first.layout, first.views.total
-    assert all(s.dataset.num_samples == n and s.layout == layout and s.views.total == total_views for _, s in targets)
+    per = first.dataset.rows_per_item  # one seed per item: a text sequence's positions share it
+    assert all(s.dataset.num_samples == n and s.layout == layout and s.views.total == total_views
+               and s.dataset.rows_per_item == per for _, s in targets)
     provenance = Provenance(tool_version=_utils.tool_version(), created_at=_utils.now())
     encodings = [get_encoding(s.encoding, s.dataset.num_classes) for _, s in targets]
     stores = [ZarrStore.create(loc, s, provenance, e.fields()) for (loc, s), e in zip(targets, encodings)]
@@ -292,10 +294,11 @@ def fill_stores(targets: Sequence[tuple[str | os.PathLike, CacheSpec]], labels: 
         for b in range(layout.num_blocks(n)):
             rows = layout.block_range(b, n)
             logits = gen(labels[rows.start:rows.stop], v * 1_000_003 + b)
-            seeds = view_seeds(first.views.seed, v, np.arange(rows.start, rows.stop))
+            items = np.arange(rows.start // per, rows.stop // per)
+            seeds = view_seeds(first.views.seed, v, items)
             for (_, spec), encoding, writer in zip(targets, encodings, writers):
                 arrays = encoding.encode(logits, y[rows.start:rows.stop])
-                arrays["seeds"] = view_seeds(spec.views.seed, v, np.arange(rows.start, rows.stop)) \
+                arrays["seeds"] = view_seeds(spec.views.seed, v, items) \
                     if spec.views.seed != first.views.seed else seeds
                 writer.submit(v, b, rows, arrays)
     for writer in writers:

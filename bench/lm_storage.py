@@ -11,7 +11,7 @@ teacher). Two orders of the vocabulary: ``frequency`` (id = frequency rank, as b
 vocabularies roughly are) and ``shuffled`` (ids independent of frequency, as in SentencePiece
 vocabularies): the indices' compressibility depends on which. Stores are written the way a dump
 writes them (``ZarrStore`` + the encodings + whole blocks with digests and markers), one view
-(seeds stored as a dump stores them), chunks of 2,048 tokens (16 sequences of 128), and measured as every file in the store
+(seeds stored as a dump stores them: one per sequence), chunks of 2,048 tokens (16 sequences of 128), and measured as every file in the store
 folder (chunks, metadata, markers, digests, labels, seeds) divided by the tokens.
 """
 
@@ -26,7 +26,7 @@ import zarr
 
 from logitcache.store.encodings import get_encoding
 from logitcache.store.encodings._base import pack_indices, unpack_indices
-from logitcache.store.format import EncodingInfo, Layout
+from logitcache.store.format import DatasetInfo, EncodingInfo, Layout
 from logitcache.store.reader import CacheReader
 
 from ._common import Ctx, Section, SyntheticTeacher, fill_stores, fmt_rate, median, spread, synthetic_spec, table
@@ -37,6 +37,7 @@ KS = (16, 64)
 DTYPES = ("fp16", "bf16", "q8")
 LAYOUTS = ("packed", "int")
 CHUNK = 2048
+SEQ = 128  # tokens per sequence: a chunk holds 16 of them, and the store one seed per sequence
 LAYOUT = Layout(chunk_samples=CHUNK)
 GOAL_K16 = 40  # issue 11: top-16 at most 40 B/token all in
 DISTILLKIT_K128 = 300  # issue 11: DistillKit's top-128 log-probs + polynomial tail in parquet, about 300 B/token
@@ -91,10 +92,10 @@ class BigramLM:
 
     @property
     def rows(self) -> int:
-        return len(self.tokens) - 1
+        return (len(self.tokens) - 1) // SEQ * SEQ  # whole sequences, as the text dataset packs them
 
     def labels(self) -> np.ndarray:
-        return self.tokens[1:]
+        return self.tokens[1:self.rows + 1]
 
     def logits(self, rows: int, key: int) -> torch.Tensor:
         start = key * CHUNK  # block number: the one view's blocks are consecutive
@@ -133,7 +134,9 @@ def _sizes(ctx: Ctx, vocab: int, order: str, n: int) -> tuple[dict[str, dict], s
         labels = np.concatenate([lm.next_tokens(lm.logits(min(CHUNK, n - b * CHUNK), b), b) for b in range(blocks)])
     encodings = _encodings()
     targets = [(str(Path(ctx.workdir) / f"lm-{vocab}-{order}-{i}.zarr"),
-                synthetic_spec(num_samples=n, num_classes=vocab, encoding=e, views=1, clean=False, layout=LAYOUT))
+                synthetic_spec(num_samples=n, num_classes=vocab, encoding=e, views=1, clean=False, layout=LAYOUT,
+                               dataset=DatasetInfo(name="synthetic-lm", split="train", num_samples=n, num_classes=vocab,
+                                                   fingerprint="0" * 64, seq_len=SEQ)))
                for i, e in enumerate(encodings)]
     # fill_stores asks for the logits of (labels, key); key = block number for the one view
     fill_stores(targets, labels, lambda y, key: lm.logits(len(y), key))
@@ -274,7 +277,7 @@ def run(ctx: Ctx) -> Section:
     unpack = [[f"{c:,}", k, fmt_rate(_unpack_rate(c, k, repeats))] for c, k in ((100, 10), (32_000, 16), (128_000, 64))]
 
     body = "\n\n".join([
-        f"{n:,} tokens per generated store (the shipped text: all of it) (one view, its seeds stored as a dump stores them; chunks of {CHUNK:,} tokens), blosc-zstd-5 shuffle + crc32c "
+        f"{n:,} tokens per generated store (the shipped text: all its whole sequences) (one view, its seeds stored as a dump stores them: one per sequence of {SEQ} tokens; chunks of {CHUNK:,} tokens), blosc-zstd-5 shuffle + crc32c "
         "(the default codec). Teacher distributions: " + "; ".join(
             f"{v:,} {o}: {s}" for (v, o), s in stats.items()) + ". The shipped text's teacher (vocabulary 1,024, 10-bit indices) is a bigram model of the text "
         "itself with the shipped tokenizer (log of add-0.1 smoothed counts), its labels the text's own next "

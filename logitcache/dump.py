@@ -419,12 +419,12 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: Dataset, teacher: nn.Mod
     try:
         for v, b in pending:
             rows = layout.block_range(b, n)
-            parts, seeds = [], []
-            while sum(len(p) for p in seeds) < len(rows):
+            parts, seeds = [], []  # seeds: one per item, as the batches carry them
+            while sum(len(p) for p in seeds) * per < len(rows):
                 batch, inputs = next(stream)
                 t0 = time.perf_counter()
                 batch_rows = dataset.rows(batch.samples)
-                # Every row's seed (a view's, for images): what the sampled encoding draws from.
+                # Every row's own seed, computed (never stored): what the sampled encoding draws from.
                 row_seeds = view_seeds(spec.views.seed, v, batch_rows)
                 with torch.inference_mode():
                     logits = compute.forward(teacher, inputs).flatten(0, -2)  # (rows, classes): text's (B, L, V) too
@@ -435,7 +435,7 @@ def _run(config: DumpConfig, store: ZarrStore, dataset: Dataset, teacher: nn.Mod
                     refuse_non_finite(e.row, compute, batch_rows, f"view {v}", "the block was not written",
                                       fp32=lambda row: teacher(compute.inputs(inputs[row // per : row // per + 1])))
                 result.teacher_seconds += time.perf_counter() - t0
-                seeds.append(row_seeds)
+                seeds.append(batch.seeds)
                 bar.update(len(batch_rows))
             arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
             arrays["seeds"] = np.concatenate(seeds)

@@ -131,7 +131,7 @@ def verify(
                                f"{int(differ[0])}: re-run the dump command (it rewrites them)")
     for v in range(total_views):
         stored = store.read("seeds", v)
-        if not np.array_equal(stored, view_seeds(spec.views.seed, v, np.arange(n))):
+        if not np.array_equal(stored, view_seeds(spec.views.seed, v, np.arange(n // spec.dataset.rows_per_item))):
             report.problems.append(f"view {v}: stored seeds differ from the seeds derived from the dump seed")
     # Random (view, item) pairs: images, or for text whole sequences (every position of each is compared).
     items = len(dataset)

@@ -101,6 +101,12 @@ class DatasetInfo:
     def to_json(self) -> dict[str, Any]:
         return _without_unset(self, ("tokenizer", "seq_len"))
 
+    @property
+    def rows_per_item(self) -> int:
+        """Store rows per dataset item (what an augmentation transforms, and what holds one seed):
+        a sequence's positions for text, one for an image."""
+        return self.seq_len or 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class ViewsInfo:

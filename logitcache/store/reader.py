@@ -84,7 +84,7 @@ class CacheReader:
         return self.spec.views.total
 
     def seeds(self, view: int) -> np.ndarray:
-        """(N,) uint32 seeds of one stored view."""
+        """(items,) uint32 seeds of one stored view: one per dataset item (an image, or a text sequence)."""
         with self._lock:
             if view in self._seeds:
                 return self._seeds[view]
@@ -119,8 +119,7 @@ class CacheReader:
         with self._lock:
             todo = [b for b in blocks if (view, b) not in self._checked]
         for b in todo:
-            rows = layout.block_slice(b, n)
-            self._check(view, b, {name: self.store.read(name, view, rows) for name in self.store.block_names()})
+            self._check(view, b, self.store.read_block(view, b))
         with self._lock:
             self._checked.update((view, b) for b in todo)
             if view not in self._seeds and all((view, b) in self._checked for b in range(layout.num_blocks(n))):
@@ -134,7 +133,7 @@ class CacheReader:
         data = {name: self.store.read(name, view) for name in self.store.block_names()}
         layout, n = self.spec.layout, self.spec.dataset.num_samples
         for b in range(layout.num_blocks(n)):
-            self._check(view, b, {name: arr[layout.block_slice(b, n)] for name, arr in data.items()})
+            self._check(view, b, self.store.split_block(data, b))
         with self._lock:
             self._checked.update((view, b) for b in range(layout.num_blocks(n)))
             self._seeds[view] = data.pop("seeds")
@@ -172,7 +171,7 @@ class CacheReader:
         seeds = np.empty(len(samples), dtype=np.uint32)
         for v in np.unique(views):
             pick = np.flatnonzero(views == v)
-            seeds[pick] = self.seeds(int(v))[samples[pick]]
+            seeds[pick] = self.seeds(int(v))[samples[pick] // self.spec.dataset.rows_per_item]
         clean = (views == 0) & self.spec.views.clean
         return spec.mix(seeds, samples, clean, self.spec.dataset.num_samples).true_class(self.labels, samples)
 

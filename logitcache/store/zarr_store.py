@@ -211,12 +211,13 @@ class ZarrStore:
 
         def add(name: str, shape: tuple[int, ...], dtype: str, per_view: bool) -> None:
             dt = np.dtype(dtype)
+            per = self.rows_per_element(name)  # the format checks that chunks hold whole items
             lead, lead_chunk = ((views,), (1,)) if per_view else ((), ())
-            chunks = (*lead_chunk, min(layout.chunk_samples, n), *shape)
-            shards = (*lead_chunk, min(layout.block_samples, n), *shape) if layout.shard_chunks > 0 else None
+            chunks = (*lead_chunk, min(layout.chunk_samples, n) // per, *shape)
+            shards = (*lead_chunk, min(layout.block_samples, n) // per, *shape) if layout.shard_chunks > 0 else None
             if shards is not None and shards[len(lead)] % chunks[len(lead)]:
                 shards = None  # fewer samples than a shard: one chunk per block is the same thing
-            out[name] = dict(shape=(*lead, n, *shape), dtype=dt, chunks=chunks, shards=shards,
+            out[name] = dict(shape=(*lead, n // per, *shape), dtype=dt, chunks=chunks, shards=shards,
                              compressors=_codecs(spec, dt), fill_value=0)
 
         add("labels", (), "int32", per_view=False)
@@ -350,6 +351,26 @@ class ZarrStore:
         """The per-view arrays, which a block's digest covers: seeds, then the encoding's fields."""
         return ["seeds", *(f.name for f in get_encoding(self.spec.encoding, self.spec.dataset.num_classes).fields())]
 
+    def rows_per_element(self, name: str) -> int:
+        """Store rows one element of an array stands for: the seeds hold one seed per item (an
+        augmentation transforms items; a text sequence's positions share its seed), the rest one per row."""
+        return self.spec.dataset.rows_per_item if name == "seeds" else 1
+
+    def elements(self, name: str, rows: slice | range) -> slice:
+        """The elements of an array that hold a run of whole items' rows (a block's, say)."""
+        per = self.rows_per_element(name)
+        return slice(rows.start // per, rows.stop // per)
+
+    def read_block(self, view: int, block: int) -> dict[str, np.ndarray]:
+        """One block of every per-view array (``block_names``), as ``block_problem`` checks it."""
+        rows = self.spec.layout.block_slice(block, self.spec.dataset.num_samples)
+        return {name: self.read(name, view, self.elements(name, rows)) for name in self.block_names()}
+
+    def split_block(self, data: Mapping[str, np.ndarray], block: int) -> dict[str, np.ndarray]:
+        """One block's part of whole views of the per-view arrays (``data``, by name)."""
+        rows = self.spec.layout.block_slice(block, self.spec.dataset.num_samples)
+        return {name: arr[self.elements(name, rows)] for name, arr in data.items()}
+
     def write_labels(self, labels: np.ndarray) -> None:
         """Write the labels whole, then each block's digest of them."""
         labels = np.asarray(labels, dtype=np.int32)
@@ -361,17 +382,17 @@ class ZarrStore:
     def write_block(self, view: int, rows: range, arrays: Mapping[str, np.ndarray]) -> None:
         """Write one block of every per-view array (``block_names``), then its digest; ``rows`` must be
         a whole block."""
-        stored = {name: self._write_rows(name, view, rows, data) for name, data in arrays.items()}
+        stored = {name: self._write_rows(name, view, self.elements(name, rows), data) for name, data in arrays.items()}
         block = rows.start // self.spec.layout.block_samples
         self.array(DIGESTS)[view, block] = block_digest(view, block, {n: stored[n] for n in self.block_names()})
 
-    def _write_rows(self, name: str, view: int, rows: range, data: np.ndarray) -> np.ndarray:
-        """One array's rows of a block; returns them as stored (the digest is of the stored dtype)."""
+    def _write_rows(self, name: str, view: int, elements: slice, data: np.ndarray) -> np.ndarray:
+        """One array's elements of a block; returns them as stored (the digest is of the stored dtype)."""
         arr = self.array(name)
         data = np.asarray(data, dtype=arr.dtype)
-        shard = (view, rows.start // arr.shards[1], *(0,) * (arr.ndim - 2)) if arr.shards else None
+        shard = (view, elements.start // arr.shards[1], *(0,) * (arr.ndim - 2)) if arr.shards else None
         keys = [arr.metadata.encode_chunk_key(shard)] if shard else []
-        self._overwrite(name, (view, slice(rows.start, rows.stop)), data, keys)
+        self._overwrite(name, (view, elements), data, keys)
         return data
 
     def _overwrite(self, name: str, selection: tuple, data: np.ndarray, keys: Sequence[str]) -> None:
@@ -448,7 +469,8 @@ class ZarrStore:
         if parts[0] in _BLOCK_GRID:
             return view, chunk
         arr = self.array(parts[0])
-        return view, chunk * (arr.shards or arr.chunks)[1] // self.spec.layout.block_samples
+        rows = chunk * (arr.shards or arr.chunks)[1] * self.rows_per_element(parts[0])
+        return view, rows // self.spec.layout.block_samples
 
     # ------------------------------------------------------------------ content
     def read_labels(self) -> np.ndarray:
@@ -551,8 +573,7 @@ class ZarrStore:
             for b in range(layout.num_blocks(n)):
                 if state[v, b] != DONE or (v, b) in damaged:
                     continue
-                rows = layout.block_slice(b, n)
-                problem = self.block_problem(v, b, {name: self.read(name, v, rows) for name in block_names}, int(digests[v, b]))
+                problem = self.block_problem(v, b, self.read_block(v, b), int(digests[v, b]))
                 if problem:
                     out.append(ChunkProblem(DIGESTS, f"{DIGESTS}/c/{v}/{b}", problem))
         return out

@@ -18,6 +18,7 @@ from logitcache.methods import get_method, list_methods
 from logitcache.models import create_model, weights_sha256
 from logitcache.store.reader import CacheReader
 from logitcache.store.zarr_store import ZarrStore
+from logitcache.views import view_seeds
 
 TRAIN = ["train", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet", "--seq-len", str(LM_SEQ_LEN),
          "--workers", "0"]
@@ -54,6 +55,22 @@ def test_stored_top_k_and_next_token_logits_are_the_teachers(lm_cache, teacher_l
     stored = view.log_probs().gather(1, indices)
     gaps = values[:, :1] - values
     assert ((stored - log_p.gather(1, indices)).abs() <= 1e-5 + gaps * 2**-10).all()
+
+
+def test_the_store_holds_one_seed_per_sequence_not_per_token(lm_cache):
+    """An augmentation transforms items, so a sequence's positions share its seed: S seeds per view,
+    about 4 B / L per token on disk (a seed per token was 4 B/token of incompressible hash output)."""
+    store = ZarrStore.open(lm_cache)
+    spec = store.spec
+    sequences, tokens = spec.dataset.num_samples // LM_SEQ_LEN, spec.dataset.num_samples
+    seeds = store.array("seeds")
+    assert seeds.shape == (1, sequences) and seeds.chunks == (1, min(spec.layout.chunk_samples, tokens) // LM_SEQ_LEN)
+    assert np.array_equal(CacheReader(lm_cache).seeds(0), view_seeds(spec.views.seed, 0, np.arange(sequences)))
+    # Hash output does not compress: a chunk is 4 B per sequence (the last one padded to a whole
+    # chunk) plus blosc's 16-byte header and the crc32c's 4 bytes, so 4 / L B per token and framing.
+    chunks = [f for f in (lm_cache / "seeds" / "c").rglob("*") if f.is_file()]
+    assert len(chunks) == -(-sequences // seeds.chunks[1])
+    assert sum(f.stat().st_size for f in chunks) <= len(chunks) * (4 * seeds.chunks[1] + 16 + 4)
 
 
 def test_info_reports_tokens_perplexity_accuracy_and_ece(lm_cache, teacher_logits, run_cli):

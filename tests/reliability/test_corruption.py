@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from lm_helpers import lm_dump_args
 
 from logitcache.errors import CacheCorrupt, CacheNotFound, LogitcacheError
 from logitcache.store.format import ATTR, OLDEST_READABLE, spec_digest
@@ -241,6 +242,28 @@ def test_a_valid_chunk_at_the_wrong_key_is_found_without_replay(layout, array, s
     again = run_cli(dump_command)
     assert again.code == 0, again.err
     assert ("wrote 0 blocks" if array == "labels" else "wrote 1 block (") in again.out
+    assert_same_store(ref, path)
+
+
+@pytest.mark.parametrize("shard_chunks", [0, 2])
+def test_a_text_stores_seed_chunk_at_the_wrong_key_is_found_in_its_block(shard_chunks, lm_files, run_cli, copy_store,
+                                                                        assert_same_store, tmp_path):
+    """A text store holds one seed per sequence, so its seeds chunks (and shards) span as many rows
+    as the other arrays' in fewer elements: a valid one at the wrong key is found in the block it
+    stands in, and repair plus the dump command restore the store file for file."""
+    dump = ["dump", *lm_dump_args(lm_files, "--shard-chunks", str(shard_chunks))]
+    ref = tmp_path / "ref.zarr"
+    assert run_cli([*dump, "--out", ref]).code == 0
+    path = copy_store(ref, tmp_path / "c.zarr")
+    shutil.copyfile(path / "seeds" / "c" / "0" / "1", path / "seeds" / "c" / "0" / "3")
+    result = run_cli(["verify", path, "--samples", "0"])
+    assert result.code == 1 and "digests chunk digests/c/0/3: view 0 block 3: content does not match" in result.err, \
+        result.err
+    with pytest.raises(CacheCorrupt, match="view 0 block 3: content does not match its digest"):
+        CacheReader(path).seeds(0)
+    assert run_cli(["verify", path, "--samples", "0", "--repair"]).code == 1
+    again = run_cli([*dump, "--out", path])
+    assert again.code == 0 and "wrote 1 block (" in again.out, again.err
     assert_same_store(ref, path)
 
 
