@@ -160,8 +160,7 @@ def reseal(path: Path) -> Path:
     store.write_labels(store.read("labels"))
     for v in range(store.spec.views.total):
         for b in range(layout.num_blocks(n)):
-            rows = layout.block_slice(b, n)
-            store.array(DIGESTS)[v, b] = block_digest(v, b, {name: store.read(name, v, rows) for name in store.block_names()})
+            store.array(DIGESTS)[v, b] = block_digest(v, b, store.read_block(v, b))
     return path
 
 

@@ -382,13 +382,13 @@ class ZarrStore:
     def write_block(self, view: int, rows: range, arrays: Mapping[str, np.ndarray]) -> None:
         """Write one block of every per-view array (``block_names``), then its digest; ``rows`` must be
         a whole block."""
-        stored = {name: self._write_rows(name, view, self.elements(name, rows), data) for name, data in arrays.items()}
+        stored = {name: self._write_rows(name, view, rows, data) for name, data in arrays.items()}
         block = rows.start // self.spec.layout.block_samples
         self.array(DIGESTS)[view, block] = block_digest(view, block, {n: stored[n] for n in self.block_names()})
 
-    def _write_rows(self, name: str, view: int, elements: slice, data: np.ndarray) -> np.ndarray:
-        """One array's elements of a block; returns them as stored (the digest is of the stored dtype)."""
-        arr = self.array(name)
+    def _write_rows(self, name: str, view: int, rows: range, data: np.ndarray) -> np.ndarray:
+        """One array's part of a block's rows; returns it as stored (the digest is of the stored dtype)."""
+        arr, elements = self.array(name), self.elements(name, rows)
         data = np.asarray(data, dtype=arr.dtype)
         shard = (view, elements.start // arr.shards[1], *(0,) * (arr.ndim - 2)) if arr.shards else None
         keys = [arr.metadata.encode_chunk_key(shard)] if shard else []
