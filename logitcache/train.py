@@ -9,7 +9,9 @@ read for the teacher's forward pass on the same batch; nothing else changes.
 
 The defaults are the mdistiller CIFAR recipe: SGD momentum 0.9, weight decay 5e-4, batch 64,
 240 epochs, lr 0.05 (0.01 for MobileNetV2/ShuffleNet students) decayed ×0.1 at 62.5 %, 75 %
-and 87.5 % of training (epochs 150, 180, 210 of 240). A shorter run keeps those fractions (each
+and 87.5 % of training (epochs 150, 180, 210 of 240). A language-model (``hf:``) student trains
+with AdamW instead (lr 1e-3, weight decay 0.01, betas (0.9, 0.999)): transformers do not train
+stably under that SGD recipe. A shorter run keeps those fractions (each
 decay once, inside the run) and shortens a method's default warm-up in proportion.
 
 ``best.pt`` is the epoch with the best test accuracy (as in mdistiller: optimistic, since the
@@ -56,7 +58,7 @@ from .methods import AUTO_PRESET, MethodInfo, ResolvedHparams, get_method, resol
 from .methods._common import mixed_target
 from .models import ModelInput, create_model, fit_to_model, load_checkpoint, model_input, weights_sha256
 from .models.inputs import first_logits
-from .models.hf import CausalLM, open_folder  # imports no transformers until a folder is opened
+from .models.hf import CausalLM, is_hf, open_folder  # imports no transformers until a folder is opened
 from .precision import Compute
 from .runs import RUN_LOCK_FILE, holds_run_files, run_folder_lock
 from .store.format import CacheSpec
@@ -70,6 +72,11 @@ VIEW_POLICIES = ("cycle", "random")
 RECIPE_EPOCHS = 240  # the run length the default milestones and warm-ups were published for
 MILESTONE_FRACTIONS = (150 / RECIPE_EPOCHS, 180 / RECIPE_EPOCHS, 210 / RECIPE_EPOCHS)
 WARMUP_KEY = "warmup"  # the methods' hyper-parameter of linear KD warm-up, in epochs
+OPTIMIZERS = ("auto", "sgd", "adamw")  # auto: adamw for hf: (language-model) students, else sgd
+ADAMW_BETAS = (0.9, 0.999)
+# Each optimiser's defaults: SGD the mdistiller recipe's, AdamW the usual ones for small transformers.
+_SGD_MOMENTUM, _SGD_WEIGHT_DECAY = 0.9, 5e-4
+_ADAMW_LR, _ADAMW_WEIGHT_DECAY = 1e-3, 0.01
 CE_WEIGHT_KEY = "ce_weight"  # the weight of a KD method's "ce" term: --label-fraction drops it per sample
 # The hold-out's random stream: epoch orders use [seed, epoch] with 1-based epochs, so 0 is free.
 _HOLDOUT_STREAM = 0
@@ -97,9 +104,11 @@ class TrainConfig:
     overrides: tuple[str, ...] = ()  # "key=value" hyper-parameter settings
     epochs: int = 240
     batch_size: int = 64
-    lr: float | None = None  # None: 0.05, or 0.01 for MobileNetV2/ShuffleNet students
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    opt: str = "auto"  # sgd, adamw, or auto: adamw for hf: students, else sgd
+    lr: float | None = None  # None: the optimiser's default (resolved_lr)
+    momentum: float | None = None  # SGD only; None: 0.9
+    weight_decay: float | None = None  # None: 5e-4 (SGD) or 0.01 (AdamW)
+    clip_grad: float | None = None  # clip the global gradient norm to this; None: no clipping
     milestones: tuple[int, ...] | None = None  # None: 62.5/75/87.5 % of epochs
     lr_decay: float = 0.1
     val_fraction: float = 0.0  # > 0: select best.pt on this share of the training split, never trained on
@@ -123,10 +132,46 @@ class TrainConfig:
     progress: bool = True
     log: tuple[str, ...] = ()  # experiment loggers beside metrics.jsonl: "tensorboard", "wandb"
 
+    def resolved_opt(self) -> str:
+        if self.opt != "auto":
+            return self.opt
+        return "adamw" if is_hf(self.student) else "sgd"
+
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.resolved_opt() == "adamw":
+            return _ADAMW_LR
         return 0.01 if self.student in SMALL_LR_STUDENTS else 0.05
+
+    def resolved_momentum(self) -> float | None:
+        """SGD's momentum; None under AdamW (its betas play that part)."""
+        if self.resolved_opt() != "sgd":
+            return None
+        return _SGD_MOMENTUM if self.momentum is None else self.momentum
+
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return _ADAMW_WEIGHT_DECAY if self.resolved_opt() == "adamw" else _SGD_WEIGHT_DECAY
+
+    def optimizer(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        """The run's optimiser over ``params``, every setting resolved."""
+        if self.resolved_opt() == "adamw":
+            return torch.optim.AdamW(params, lr=self.resolved_lr(), betas=ADAMW_BETAS,
+                                     weight_decay=self.resolved_weight_decay())
+        return torch.optim.SGD(params, lr=self.resolved_lr(), momentum=self.resolved_momentum(),
+                               weight_decay=self.resolved_weight_decay())
+
+    def optimizer_record(self) -> dict[str, Any]:
+        """The resolved optimiser settings, as config.json records them."""
+        record: dict[str, Any] = {"name": self.resolved_opt(), "lr": self.resolved_lr(),
+                                  "weight_decay": self.resolved_weight_decay(), "clip_grad": self.clip_grad}
+        if record["name"] == "adamw":
+            record["betas"] = list(ADAMW_BETAS)
+        else:
+            record["momentum"] = self.resolved_momentum()
+        return record
 
     def resolved_milestones(self) -> tuple[int, ...]:
         """Epochs after which lr is multiplied by ``lr_decay``: increasing, each inside the run."""
@@ -305,8 +350,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
     student = compute.model(create_model(config.student, num_classes=train_set.num_classes).to(device))
     first_logits(student, train_set, view_spec, f"student {config.student}", compute)  # refused before the run folder
     model = _wrap_distributed(student, device, world_size, config.sync_bn)
-    optimizer = torch.optim.SGD(student.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = config.optimizer(student.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.resolved_milestones()),
                                                      gamma=config.lr_decay)
     scaler = compute.scaler()
@@ -465,12 +509,20 @@ def _check_optimizer(config: TrainConfig) -> None:
     # Each is refused here in one line; SGD would raise a bare ValueError for some, and a zero or
     # negative --lr-decay would stop or reverse training. NaN fails every test. (lr 0 stays
     # allowed: it only refreshes BatchNorm statistics, which is of use.)
+    if config.opt not in OPTIMIZERS:
+        raise BadInput(f"unknown --opt {config.opt!r}: use {', '.join(OPTIMIZERS)} (auto: adamw for hf: students, "
+                       "else sgd)")
+    if config.momentum is not None and config.resolved_opt() != "sgd":
+        raise BadInput(f"--momentum is SGD's, but this run trains with {config.resolved_opt()}"
+                       f"{' (--opt auto, for an hf: student)' if config.opt == 'auto' else ''}: drop --momentum "
+                       "(AdamW's betas are 0.9, 0.999), or pass --opt sgd")
     checks = [("--lr", config.resolved_lr(), ">= 0", lambda v: v >= 0),
-              ("--momentum", config.momentum, "in [0, 1)", lambda v: 0 <= v < 1),
-              ("--weight-decay", config.weight_decay, ">= 0", lambda v: v >= 0),
-              ("--lr-decay", config.lr_decay, "in (0, 1]", lambda v: 0 < v <= 1)]
+              ("--momentum", config.resolved_momentum(), "in [0, 1)", lambda v: 0 <= v < 1),
+              ("--weight-decay", config.resolved_weight_decay(), ">= 0", lambda v: v >= 0),
+              ("--lr-decay", config.lr_decay, "in (0, 1]", lambda v: 0 < v <= 1),
+              ("--clip-grad", config.clip_grad, "> 0 (the largest global gradient norm)", lambda v: v > 0)]
     for option, value, want, ok in checks:
-        if not (math.isfinite(value) and ok(value)):
+        if value is not None and not (math.isfinite(value) and ok(value)):
             raise BadInput(f"{option} must be {want}, got {value:g}")
 
 
@@ -607,8 +659,8 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
                      f"(--val-fraction {config.val_fraction:g}, seed {config.seed}), never trained on")
     lines = [
         "settings:",
-        f"  schedule   {config.epochs} epochs, lr {config.resolved_lr():g} {decay}{origin}, SGD momentum "
-        f"{config.momentum:g}, weight decay {config.weight_decay:g}, batch {config.batch_size}",
+        f"  schedule   {config.epochs} epochs, lr {config.resolved_lr():g} {decay}{origin}, {_optimizer_line(config)}, "
+        f"batch {config.batch_size}",
         f"  forward    {_forward_line(config)}",
         f"  method     {config.method}, preset {preset}",
         f"  hparams    {hparams}",
@@ -621,6 +673,16 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
             f"the other {n_train - (0 if val_set is None else len(val_set)) - len(labelled)}: KD terms towards "
             "the teacher, whose top-1 class stands in for the label, no CE term"))
     return "\n".join(lines)
+
+
+def _optimizer_line(config: TrainConfig) -> str:
+    opt = config.resolved_opt()
+    text = (f"AdamW betas {ADAMW_BETAS[0]:g}, {ADAMW_BETAS[1]:g}" if opt == "adamw"
+            else f"SGD momentum {config.resolved_momentum():g}")
+    if config.opt == "auto" and is_hf(config.student):
+        text += " (auto: AdamW for an hf: student)"
+    text += f", weight decay {config.resolved_weight_decay():g}"
+    return text + (f", gradient norm clipped to {config.clip_grad:g}" if config.clip_grad is not None else "")
 
 
 def _forward_line(config: TrainConfig) -> str:
@@ -803,11 +865,11 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool, resumed: dict | 
     config.json of the run ``--resume`` continues."""
     last = out / "last.pt"
     if resumed is not None:
-        saved = resumed["config"]
         # A setting the run's config.json predates had its default then.
-        defaults = TrainConfig(student="", dataset="", out="").to_json()
-        diffs = [f"{_option_name(k)} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in config.to_json().items()
-                 if k not in ("resume", "progress", "device", "workers", "log") and saved.get(k, defaults[k]) != v]
+        saved = _with_resolved_optimizer({**TrainConfig(student="", dataset="", out="").to_json(), **resumed["config"]})
+        now = _with_resolved_optimizer(config.to_json())
+        diffs = [f"{_option_name(k)} {saved[k]!r} -> {v!r}" for k, v in now.items()
+                 if k not in ("resume", "progress", "device", "workers", "log") and saved.get(k) != v]
         if diffs:
             raise BadInput(f"--resume with other settings than the run in {out} ({', '.join(diffs)}): use the same options")
         if not last.exists():  # stopped before its first epoch ended: run it again from the start
@@ -823,6 +885,16 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool, resumed: dict | 
         return state["epoch"] + 1, state
     _refuse_foreign_out(out, config)  # again under the lock: another run may have begun since
     return 1, None
+
+
+def _with_resolved_optimizer(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (a config's JSON) with the optimiser's settings resolved, so that a resume compares
+    the optimiser really used: ``--opt auto`` is ``--opt adamw`` for an hf: student, and a run
+    recorded before ``--opt`` (momentum 0.9, weight decay 5e-4 spelled out) is the SGD run it was."""
+    keys = ("opt", "lr", "momentum", "weight_decay")
+    c = TrainConfig(student=options["student"], dataset="", out="", **{k: options[k] for k in keys})
+    return {**options, "opt": c.resolved_opt(), "lr": c.resolved_lr(), "momentum": c.resolved_momentum(),
+            "weight_decay": c.resolved_weight_decay()}
 
 
 def _refuse_foreign_out(out: Path, config: TrainConfig) -> None:
@@ -859,6 +931,7 @@ def _config_record(config: TrainConfig, hparams: dict, sources: _Sources, device
         "config": config.to_json(),
         "hparams": hparams,
         "lr": config.resolved_lr(),
+        "optimizer": config.optimizer_record(),
         "milestones": list(config.resolved_milestones()),
         "teacher": sources.teacher_record,
         "cache": None if reader is None else {"location": sources.cache, "spec": reader.spec.to_json()},
@@ -950,6 +1023,9 @@ def _train_epoch(model, loss_fn, hparams, train_set, train_samples, view_spec, v
         scale = len(batch) * world_size / len(g)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss * scale).backward()
+        if config.clip_grad is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not fp16's scaled ones (a no-op otherwise)
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
         scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed, as GradScaler does
         scaler.update()
         n = len(batch)
