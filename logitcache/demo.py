@@ -214,12 +214,16 @@ class TextDemoConfig:
     """``demo --text``: a tiny causal LM teacher trained on the shipped book, dumped once (top-k),
     and a smaller student trained from the cache with each method, and once online.
 
-    SGD at a constant lr on short sequences in small batches: the loop's optimiser, and enough steps
-    in a few epochs for a tiny transformer to get past the unigram plateau. Measured on the shipped
-    models: the teacher diverges at lr 0.2 and stalls at 0.05 or with the default decay after
-    62.5 % of the run; the student trained with KD diverged at 0.1 (NaN within an epoch), not at 0.05.
-    The KD methods run at T = 1, where a top-k cache's probabilities of the stored tokens, the next
-    token and the tail's total mass are exact (at other temperatures the rebuilt tail is not).
+    AdamW (the loop's default for hf: students) at a constant lr with the gradient norm clipped to
+    1, on sequences of 64 tokens in batches of 8. Measured on the shipped models (2 cores): SGD
+    gave a teacher of perplexity 146 in 5 epochs and KD students worse than ce (NaN at lr 0.1);
+    AdamW at lr 3e-3 gives 77 in 6 epochs (5e-3: 98, batch 16 at 3e-3: 87, fewer steps). The
+    student trains 2 epochs: there the cached KD and LoCa students beat ce. The KD methods run at
+    T = 1, where a top-k cache's probabilities of the stored tokens, the next token and the tail's
+    total mass are exact (at other temperatures the rebuilt tail is not); the tail itself is flat,
+    which the online run (the teacher's whole distribution) does not suffer: measured at 5
+    student epochs, ce overtook the top-16 cached kd (93 vs 123; top-64: 102) while kd online
+    stayed ahead (84).
     """
 
     out: str = "runs/demo-text"
@@ -228,9 +232,10 @@ class TextDemoConfig:
     student: str = "hf:tiny-student"
     seq_len: int = 64
     batch_size: int = 8
-    teacher_lr: float = 0.1
-    student_lr: float = 0.05
-    teacher_epochs: int = 5
+    teacher_lr: float = 3e-3
+    student_lr: float = 3e-3
+    clip_grad: float | None = 1.0
+    teacher_epochs: int = 6
     student_epochs: int = 2
     topk: int = 16
     methods: tuple[str, ...] = ("ce", "kd", "rkl", "loca")
@@ -265,7 +270,7 @@ def _run_text(config: TextDemoConfig, out: Path, echo: Callable[[str], None]) ->
         overrides = (f"temperature={config.temperature:g}",) if "temperature" in get_method(method).defaults() else ()
         result = train(TrainConfig(student=student, dataset=config.dataset, out=str(out / name), method=method,
                                    seq_len=config.seq_len, epochs=epochs, batch_size=config.batch_size, lr=lr,
-                                   milestones=(), overrides=overrides, device=config.device, progress=config.progress, **extra))
+                                   milestones=(), clip_grad=config.clip_grad, overrides=overrides, device=config.device, progress=config.progress, **extra))
         last = json.loads((out / name / "metrics.jsonl").read_text().splitlines()[-1])
         source = "online" if extra.get("teacher_online") else "cache" if "cache" in extra else "labels"
         echo(f"  {name}: test loss {last['test_nll']:.3f}, perplexity {last['test_ppl']:.1f}")
@@ -306,5 +311,8 @@ def render_text_table(rows: list[TextDemoRow]) -> str:
                      f"{r.teacher_forwards_run:>15,} {r.teacher_forwards_saved:>17,}")
     lines += ["source: where a run's targets came from besides the next tokens (labels: nowhere else). test: the",
               "book's last tenth, never trained on; loss = next-token cross-entropy (nats), ppl = exp(loss), last epoch.",
-              "teacher fwd: teacher passes over training sequences, run (online) or spared by the cache."]
+              "teacher fwd: teacher passes over training sequences, run (online) or spared by the cache.",
+              "The cache keeps each position's top-k tokens and its next token exactly and spreads the rest of the",
+              "mass evenly; online KD sees the teacher's whole distribution, so a gap between kd and kd-online is",
+              "expected (it grows with longer student training: measured, ce overtakes the cached kd after 5 epochs)."]
     return "\n".join(lines)
