@@ -217,13 +217,13 @@ class TextDemoConfig:
     AdamW (the loop's default for hf: students) at a constant lr with the gradient norm clipped to
     1, on sequences of 64 tokens in batches of 8. Measured on the shipped models (2 cores): SGD
     gave a teacher of perplexity 146 in 5 epochs and KD students worse than ce (NaN at lr 0.1);
-    AdamW at lr 3e-3 gives 77 in 6 epochs (5e-3: 98, batch 16 at 3e-3: 87, fewer steps). The
-    student trains 2 epochs: there the cached KD and LoCa students beat ce. The KD methods run at
-    T = 1, where a top-k cache's probabilities of the stored tokens, the next token and the tail's
-    total mass are exact (at other temperatures the rebuilt tail is not); the tail itself is flat,
-    which the online run (the teacher's whole distribution) does not suffer: measured at 5
-    student epochs, ce overtook the top-16 cached kd (93 vs 123; top-64: 102) while kd online
-    stayed ahead (84).
+    AdamW at lr 3e-3 gives 77 in 6 epochs (in batches of 16, fewer steps: 87; at 5e-3: 98). The
+    student trains 2 epochs: there the cached KD and LoCa students beat ce (RKL does not). The
+    KD methods run at T = 1, where a top-k cache's probabilities of the stored tokens, the next
+    token and the tail's total mass are exact (at other temperatures the rebuilt tail is not);
+    the tail itself is flat, which the online run (the teacher's whole distribution) does not
+    suffer: measured at 5 student epochs, ce overtook the top-16 cached kd (93 vs 123; top-64:
+    102) while kd online stayed ahead (84).
     """
 
     out: str = "runs/demo-text"
