@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from lm_helpers import LM_SEQ_LEN
 from train_helpers import read_json, weights
 
@@ -62,7 +61,7 @@ def test_an_image_student_keeps_sgd_unless_adamw_is_asked_for(tmp_path, run_cli)
 
 def test_clip_grad_bounds_the_step_a_huge_lr_takes(train_run):
     """One plain-SGD step of the whole batch moves the weights by lr * min(|g|, clip)."""
-    one_step = dict(method="ce", batch_size=64, opt="sgd", momentum=0.0, weight_decay=0.0)
+    one_step = {"method": "ce", "batch_size": 64, "opt": "sgd", "momentum": 0.0, "weight_decay": 0.0}
     start = weights(train_run("start", lr=0.0, **one_step)[1] / "last.pt")
     lr, clip = 10.0, 1e-3
 
