@@ -198,14 +198,17 @@ def _compare(a: Group, b: Group, name: str) -> str:
 def render_table(rows: list[DemoRow]) -> str:
     head = (f"{'run':<10} {'source':<7} {'labels':>6} {'n':>2} {'best % (mean ± std)':>20} {'last % (mean ± std)':>20} "
             f"{'teacher fwd run':>15} {'teacher fwd saved':>17}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r.run:<10} {r.source:<7} {r.labels:>6.0%} {r.n:>2} {r.best:>20} {r.last:>20} "
-                     f"{r.teacher_forwards_run:>15,} {r.teacher_forwards_saved:>17,}")
-    lines += ["source: where a run's teacher targets came from (labels: none). std: sample standard deviation over seeds",
-              "(ddof = 1). best %: the best epoch's test accuracy, selected on the test set (optimistic); last %: the last",
-              "epoch's. teacher fwd saved: teacher passes the cache spared, summed over seeds."]
-    return "\n".join(lines)
+    body = [f"{r.run:<10} {r.source:<7} {r.labels:>6.0%} {r.n:>2} {r.best:>20} {r.last:>20} "
+            f"{r.teacher_forwards_run:>15,} {r.teacher_forwards_saved:>17,}" for r in rows]
+    return _table(head, body, [
+        "source: where a run's teacher targets came from (labels: none). std: sample standard deviation over seeds",
+        "(ddof = 1). best %: the best epoch's test accuracy, selected on the test set (optimistic); last %: the last",
+        "epoch's. teacher fwd saved: teacher passes the cache spared, summed over seeds."])
+
+
+def _table(head: str, body: list[str], notes: list[str]) -> str:
+    """The demo's tables: a header, its rule, the rows, then what the columns mean."""
+    return "\n".join([head, "-" * len(head), *body, *notes])
 
 
 # --------------------------------------------------------------------------- demo --text
@@ -305,14 +308,12 @@ def _run_text(config: TextDemoConfig, out: Path, echo: Callable[[str], None]) ->
 def render_text_table(rows: list[TextDemoRow]) -> str:
     head = (f"{'run':<12} {'source':<7} {'model':<18} {'test loss':>9} {'test ppl':>9} {'teacher fwd run':>15} "
             f"{'teacher fwd saved':>17}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r.run:<12} {r.source:<7} {r.model:<18} {r.test_loss:>9.3f} {r.test_ppl:>9.1f} "
-                     f"{r.teacher_forwards_run:>15,} {r.teacher_forwards_saved:>17,}")
-    lines += ["source: where a run's targets came from besides the next tokens (labels: nowhere else). test: the",
-              "book's last tenth, never trained on; loss = next-token cross-entropy (nats), ppl = exp(loss), last epoch.",
-              "teacher fwd: teacher passes over training sequences, run (online) or spared by the cache.",
-              "The cache keeps each position's top-k tokens and its next token exactly and spreads the rest of the",
-              "mass evenly; online KD sees the teacher's whole distribution, so a gap between kd and kd-online is",
-              "expected (it grows with longer student training: measured, ce overtakes the cached kd after 5 epochs)."]
-    return "\n".join(lines)
+    body = [f"{r.run:<12} {r.source:<7} {r.model:<18} {r.test_loss:>9.3f} {r.test_ppl:>9.1f} "
+            f"{r.teacher_forwards_run:>15,} {r.teacher_forwards_saved:>17,}" for r in rows]
+    return _table(head, body, [
+        "source: where a run's targets came from besides the next tokens (labels: nowhere else). test: the",
+        "book's last tenth, never trained on; loss = next-token cross-entropy (nats), ppl = exp(loss), last epoch.",
+        "teacher fwd: teacher passes over training sequences, run (online) or spared by the cache.",
+        "The cache keeps each position's top-k tokens and its next token exactly and spreads the rest of the",
+        "mass evenly; online KD sees the teacher's whole distribution, so a gap between kd and kd-online is",
+        "expected (it grows with longer student training: measured, ce overtakes the cached kd after 5 epochs)."])
