@@ -51,6 +51,8 @@ def channel_values(text: str | None, option: str) -> tuple[float, ...] | None:
 def strong_augmentation(aa: str | None, color_jitter: float, reprob: float, mixup: float, cutmix: float,
                         mixup_prob: float, mixup_switch_prob: float) -> dict[str, Any]:
     """The options that were given, as ViewSpec fields (an empty dict: none was)."""
+    if aa is not None and not aa.strip():  # e.g. --aa "$AA" with AA unset: it would quietly augment nothing
+        raise BadInput("--aa is empty: give a policy (rand-m9-mstd0.5-inc1 or trivial), or drop --aa")
     given = dict(aa=aa or "", color_jitter=color_jitter, reprob=reprob, mixup=mixup, cutmix=cutmix,
                  mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob)
     defaults = {f.name: f.default for f in fields(ViewSpec) if f.name in STRONG_FIELDS}

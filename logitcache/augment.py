@@ -77,8 +77,8 @@ def _rotate(deg: float) -> tuple[str, tuple[int, ...]]:
 # rand_augment_ops level-to-argument functions do.
 def _rand_ops(increasing: bool) -> dict[str, Callable[[float, int, tuple[int, int]], tuple[str, tuple[int, ...]]]]:
     def enhance(name: str) -> Callable:
-        if increasing:  # factor 1 ± 0.9 m/10: stronger with the magnitude
-            return lambda m, s, hw: (name, (_q8(1.0 + s * 0.9 * m / 10),))
+        if increasing:  # factor 1 ± 0.9 m/10: stronger with the magnitude; timm keeps it >= 0.1 above m = 10
+            return lambda m, s, hw: (name, (_q8(max(0.1, 1.0 + s * 0.9 * m / 10)),))
         return lambda m, s, hw: (name, (_q8(m / 10 * 1.8 + 0.1),))
 
     return {
@@ -124,6 +124,11 @@ def _trivial_ops() -> list[Callable[[int, int, tuple[int, int]], tuple[str, tupl
 _TRIVIAL = _trivial_ops()
 _RAND = {inc: _rand_ops(inc) for inc in (False, True)}
 _RAND_KEYS = {"m": float, "n": int, "mstd": float, "mmax": float, "inc": int, "p": float}
+# Limits of --aa rand: more layers than the policy has ops only cost time (100000 would hang a
+# dump), and magnitudes past 100 (ten times timm's full strength) would overflow the integer ops.
+MAX_LAYERS = len(_RAND[False])
+MAX_MAGNITUDE = 100.0
+UNIFORM_MSTD = 100.0  # timm: an mstd above 100 draws the magnitude uniformly from [0, m]
 
 
 @dataclass(frozen=True)
@@ -152,9 +157,13 @@ class AutoAugment:
                 except (KeyError, ValueError):
                     break
             else:
+                if values.get("mstd", 0.0) > UNIFORM_MSTD:  # one spelling of timm's uniform magnitudes
+                    values["mstd"] = math.inf
                 aa = cls(policy="rand", **values)  # type: ignore[arg-type]
-                if aa.n < 1 or not 0 <= aa.p <= 1 or aa.mstd < 0 or aa.inc not in (0, 1) or not 0 <= aa.m <= aa.mmax:
-                    raise BadInput(f"--aa {text!r}: need n >= 1, 0 <= p <= 1, mstd >= 0, inc 0 or 1 and 0 <= m <= mmax")
+                if not (1 <= aa.n <= MAX_LAYERS and 0 <= aa.p <= 1 and aa.mstd >= 0 and aa.inc in (0, 1)
+                        and 0 <= aa.m <= aa.mmax <= MAX_MAGNITUDE):  # NaN fails too
+                    raise BadInput(f"--aa {text!r}: need 1 <= n <= {MAX_LAYERS}, 0 <= p <= 1, mstd >= 0, inc 0 or 1 "
+                                   f"and 0 <= m <= mmax <= {MAX_MAGNITUDE:g} (mmax 10 unless given)")
                 return aa
         raise BadInput(
             f"cannot read --aa {text!r}: use trivial, or rand[-mM][-nN][-mstdS][-mmaxX][-inc1][-pP] "
@@ -179,7 +188,11 @@ class AutoAugment:
             name = names[draws.randint(k, len(names))]
             if draws.u(k + 1) >= self.p:
                 continue
-            m = self.m + self.mstd * draws.gauss(k + 2) if self.mstd > 0 else self.m
+            m = self.m
+            if math.isinf(self.mstd):
+                m = self.m * draws.u(k + 2)
+            elif self.mstd > 0:
+                m = self.m + self.mstd * draws.gauss(k + 2)
             out.append(ops[name](min(max(m, 0.0), self.mmax), draws.sign(k + 4), hw))
         return out
 
@@ -335,8 +348,9 @@ def _int(seeds: np.ndarray, stream: int, high: np.ndarray | int) -> np.ndarray:
         return ((bits * np.asarray(high).astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
 
 
-def _gamma(seeds: np.ndarray, shape: np.ndarray, stream: int) -> np.ndarray:
-    """Gamma(shape, 1) per seed by Marsaglia and Tsang (shape < 1 boosted by U^(1/shape))."""
+def _gamma(seeds: np.ndarray, shape: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma(shape, 1) per seed by Marsaglia and Tsang (shape < 1 boosted by U^(1/shape)), and
+    its log, which stays finite where the value underflows to 0 (shape well below 1)."""
     a = np.where(shape < 1, shape + 1, shape)
     d = a - 1 / 3
     c = 1 / np.sqrt(9 * d)
@@ -350,8 +364,20 @@ def _gamma(seeds: np.ndarray, shape: np.ndarray, stream: int) -> np.ndarray:
             ok = ~found & (v > 0) & (np.log1p(-u3) < 0.5 * x * x + d - d * v + d * np.log(np.where(v > 0, v, 1)))
         out[ok] = (d * v)[ok]
         found |= ok
-    boost = np.where(shape < 1, (1 - _u(seeds, stream + 3 * _GAMMA_TRIES)) ** (1 / shape), 1.0)
-    return out * boost
+    u = _u(seeds, stream + 3 * _GAMMA_TRIES)
+    boost = np.where(shape < 1, (1 - u) ** (1 / shape), 1.0)
+    return out * boost, np.log(out) + np.where(shape < 1, np.log1p(-u) / shape, 0.0)
+
+
+def _beta(seeds: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Beta(alpha, alpha) per seed, as X / (X + Y) of two Gamma(alpha) draws; where both underflow
+    to 0 (alpha of 0.01 and below) or their sum overflows, from the difference of their logs."""
+    (x, log_x), (y, log_y) = _gamma(seeds, alpha, 10), _gamma(seeds, alpha, 50)
+    with np.errstate(invalid="ignore", over="ignore"):
+        beta = x / (x + y)
+        bad = ~np.isfinite(beta)
+        beta[bad] = 1 / (1 + np.exp(log_y[bad] - log_x[bad]))
+    return beta
 
 
 @dataclass(frozen=True)
@@ -398,8 +424,7 @@ def mix_params(
     else:
         cut = use & bool(cutmix)
     alpha = np.where(cut, cutmix or 1.0, mixup or 1.0)
-    x, y = _gamma(seeds, alpha, 10), _gamma(seeds, alpha, 50)
-    beta = x / (x + y)
+    beta = _beta(seeds, alpha)
     partner = _int(seeds, 2, max(num_samples - 1, 1))
     partner = np.where(use, partner + (partner >= samples), samples)  # never the sample itself
     partner_seed = (_hash(seeds.astype(np.uint64), _MIX_STREAM + 3) >> np.uint64(32)).astype(np.uint32)

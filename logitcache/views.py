@@ -58,6 +58,16 @@ STRONG_FIELDS = ("aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob"
 # ...and ``resampler``, which a plain crop does not have (CIFAR-style stores keep their identity).
 _OMITTED_AT_DEFAULT = (*STRONG_FIELDS, "resampler")
 _UNIT_INTERVAL = ("reprob", "mixup_prob", "mixup_switch_prob")
+# At strength 255 colour jitter's factors reach 256, which already saturates every pixel that differs
+# from the degenerate image; larger ones would only overflow the integer blend.
+MAX_COLOR_JITTER = 255.0
+# Beta(α, α) below this α is λ = 0 or 1 to within 1e-3 for almost every view: nothing is blended.
+MIN_MIX_ALPHA = 1e-3
+
+
+def strong_options(strong: dict[str, Any]) -> str:
+    """The command-line flags of the given ViewSpec strong fields, e.g. ``--aa, --reprob``."""
+    return ", ".join(f"--{name.replace('_', '-')}" for name in STRONG_FIELDS if name in strong)
 
 
 @dataclass(frozen=True)
@@ -139,10 +149,29 @@ class ViewSpec:
                 raise BadInput("--color-jitter is not applied with --aa (timm turns it off too): drop one of them")
         for name in STRONG_FIELDS[1:]:
             value = float(getattr(self, name))
-            high = 1.0 if name in _UNIT_INTERVAL else math.inf
-            if not 0.0 <= value <= high:  # NaN fails too
-                raise BadInput(f"--{name.replace('_', '-')} must be {'in [0, 1]' if high == 1 else '>= 0'}, got {value}")
+            high = 1.0 if name in _UNIT_INTERVAL else MAX_COLOR_JITTER if name == "color_jitter" else math.inf
+            if not 0.0 <= value <= high or math.isinf(value):  # NaN fails too
+                bounds = "in [0, 1]" if high == 1 else f"in [0, {high:g}]" if high < math.inf else "finite and >= 0"
+                raise BadInput(f"--{name.replace('_', '-')} must be {bounds}, got {value}")
             object.__setattr__(self, name, value)
+        self._check_mixing()
+
+    def _check_mixing(self) -> None:
+        """Mixing options that would be stored yet change no view are refused, as timm gives them
+        meaning: the probabilities need an alpha, the switch needs both, and alphas need P > 0."""
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if 0 < alpha < MIN_MIX_ALPHA:
+                raise BadInput(f"--{name} {alpha:g} mixes nothing (Beta(α, α) is then λ = 0 or 1): use an alpha "
+                               f">= {MIN_MIX_ALPHA:g} (timm's recipes: 0.8 and 1.0), or drop --{name}")
+        alphas = bool(self.mixup) + bool(self.cutmix)
+        if self.mixup_switch_prob != 0.5 and alphas < 2:
+            raise BadInput("--mixup-switch-prob chooses between mixup and CutMix: give both --mixup and --cutmix, "
+                           "or drop --mixup-switch-prob")
+        if self.mixup_prob != 1.0 and not alphas:
+            raise BadInput("--mixup-prob is the share of views mixed by --mixup/--cutmix: give an alpha, or drop it")
+        if alphas and not self.mixup_prob:
+            raise BadInput("--mixup-prob 0 mixes no view: raise it, or drop --mixup/--cutmix")
 
     @cached_property
     def _aa(self) -> AutoAugment | None:
@@ -217,7 +246,9 @@ class ViewSpec:
         extra += [f"color-jitter {self.color_jitter:g}"] if self.color_jitter else []
         extra += [f"reprob {self.reprob:g}"] if self.reprob else []
         if self.mixing:
-            extra.append(f"mixup {self.mixup:g} cutmix {self.cutmix:g} prob {self.mixup_prob:g} switch {self.mixup_switch_prob:g}")
+            mixed = [f"mixup {self.mixup:g}"] * bool(self.mixup) + [f"cutmix {self.cutmix:g}"] * bool(self.cutmix)
+            switch = f" switch {self.mixup_switch_prob:g}" if self.mixup and self.cutmix else ""
+            extra.append(f"{' '.join(mixed)} prob {self.mixup_prob:g}{switch}")
         return " + ".join([text, *extra])
 
     @classmethod

@@ -184,3 +184,18 @@ def _check_killed_store_fixture():
 def _damage_fixture():
     """``damage(file, how)``: ``flip`` a byte, ``truncate`` to half, ``empty`` or ``delete`` it."""
     return damage
+
+
+def one_line(result) -> str:
+    """The refusal of a CLI result: a non-zero exit, no traceback, exactly one ``error:`` line."""
+    assert result.code not in (0, None), result.out
+    assert "Traceback" not in result.err, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    return lines[0]
+
+
+@pytest.fixture(name="one_line")
+def _one_line_fixture():
+    """``one_line(result) -> str``: the single ``error:`` line a refused CLI call printed."""
+    return one_line
