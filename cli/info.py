@@ -26,7 +26,8 @@ def info_command(
 ) -> None:
     """Show what a cache holds: teacher, dataset, views, encoding, size on disk, compression,
     teacher accuracy, mis-instruction rate, mean entropy and expected calibration error."""
-    if epochs is not None:
+    asked = epochs is not None
+    if asked:
         distinct_views(1, epochs)  # a bad --epochs is refused before the store is read
     info = cache_info(cache, stats=stats, progress=not quiet and not as_json)
     count = info.spec["views"]["count"]
@@ -46,6 +47,9 @@ def info_command(
         typer.echo(f"epochs       a run of {plural(epochs, 'epoch')} shows each sample {seen['cycle']:g} distinct "
                    f"augmented view{'s' * (seen['cycle'] != 1)} with --view-policy cycle (a fresh view each epoch "
                    f"for {plural(count, 'epoch')}), {seen['random']:.1f} on average with random")
+    elif asked:  # said, rather than --epochs ignored
+        typer.echo(f"epochs       a run of {plural(epochs, 'epoch')} shows each sample its one clean view every epoch "
+                   "(token rows are not augmented)")
 
 
 def render(info: CacheInfo) -> str:

@@ -46,7 +46,7 @@ from .store.format import (
 from .store.writer import BlockWriter
 from .store.zarr_store import DONE, WRITING, ZarrStore, _local_path, flock
 from .teacher import build_teacher, teacher_dataset
-from .views import NO_AUGMENTATION, ViewSpec, view_seeds
+from .views import NO_AUGMENTATION, ViewSpec, strong_options, view_seeds
 
 AUTO_SHARD_SAMPLES = 262_144  # above this many samples, shard by default: fewer, larger files
 # encoding="auto": every logit up to this many classes (full fp16 at C = 32 is 72 B a pair,
@@ -154,7 +154,7 @@ def _views_and_chunks(config: DumpConfig, dataset: Dataset, inp: ModelInput | No
     if dataset.train_view is NO_AUGMENTATION:
         given = [opt for opt, used in (("--views", config.views not in (None, 0)), ("--augment", config.augmentation),
                                        ("--no-clean-view", not config.clean_view),
-                                       ("--aa/--reprob/--mixup/...", config.strong),
+                                       (strong_options(config.strong), config.strong),
                                        ("--mean/--std", config.mean is not None or config.std is not None)) if used]
         if given:
             raise BadInput(f"{dataset.name} is text, stored as one clean view of token rows: drop {', '.join(given)}")

@@ -52,6 +52,7 @@ from .errors import (
     LogitcacheError,
 )
 from .evaluate import evaluate_model
+from .info import distinct_views
 from .loader import ViewBatch, augmented_batches, true_labels
 from .loggers import check_loggers, open_loggers
 from .methods import AUTO_PRESET, MethodInfo, ResolvedHparams, get_method, resolve_method
@@ -65,7 +66,7 @@ from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
 from .teacher import Renormalize, build_teacher, teacher_weights_sha256
 from .teacher_view import TeacherView
-from .views import NO_AUGMENTATION, Normalize, ViewSpec, view_seeds
+from .views import NO_AUGMENTATION, NoAugmentation, Normalize, ViewSpec, strong_options, view_seeds
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 VIEW_POLICIES = ("cycle", "random")
@@ -234,6 +235,17 @@ class _Views:
             self.base_seed = config.view_seed
         self._seeds: dict[int, np.ndarray] = {}
 
+    def describe(self, view_spec: ViewSpec | NoAugmentation, policy: str, epochs: int) -> str:
+        """The settings' views line: how many, whose, what ``policy`` shows in ``epochs`` and the
+        augmentation replayed (the cache's, or the one derived here)."""
+        if view_spec is NO_AUGMENTATION:
+            return view_spec.describe()
+        count = len(self.augmented)
+        seen = distinct_views(count, epochs)[policy]
+        source = "the cache's" if self.reader else "derived"
+        return (f"{_utils.plural(count, 'augmented view')} per sample ({source}, seed {self.base_seed}), --view-policy "
+                f"{policy}: {seen:.3g} distinct in {_utils.plural(epochs, 'epoch')}; {view_spec.describe()}")
+
     def seeds(self, view: int) -> np.ndarray:
         if self.reader is not None:
             return self.reader.seeds(view)
@@ -385,7 +397,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         for logger in loggers:  # closed however the run ends
             cleanup.callback(logger.close)
     echo(_settings_block(config, resolved, sources.teacher_name if method.needs_teacher else None, val_set,
-                         len(train_set), labelled))
+                         len(train_set), labelled, views.describe(view_spec, config.view_policy, config.epochs)))
     teacher_input = model_input(sources.teacher_name) if teacher is not None else None
     for role, name, inp in (("student", config.student, student_input), ("teacher", sources.teacher_name, teacher_input)):
         if inp is not None:
@@ -458,7 +470,7 @@ def _check_modality(config: TrainConfig, train_set: Dataset, method: MethodInfo)
     if isinstance(train_set, ImageDataset):
         return
     method.check_tokens()
-    given = [opt for opt, used in (("--aa/--reprob/--mixup/...", config.strong), ("--views", config.views is not None),
+    given = [opt for opt, used in ((strong_options(config.strong), config.strong), ("--views", config.views is not None),
                                    ("--mean/--std", config.mean is not None or config.std is not None),
                                    ("--label-fraction", config.label_fraction != 1)) if used]
     if given:
@@ -475,8 +487,9 @@ def _check_online_tokenizer(teacher_name: str, train_set: Dataset) -> None:
                             "cross-tokenizer distillation is not supported; use a student with the teacher's tokenizer")
 
 
-_STRONG_FROM_CACHE = ("a cache replays its own augmentation (logitcache info shows it): drop --aa, --color-jitter, "
-                      "--reprob and --mixup/--cutmix options, or train without the cache")
+def _strong_from_cache(config: TrainConfig) -> str:
+    return (f"a cache replays its own augmentation (logitcache info shows it): drop {strong_options(config.strong)}, "
+            "or train without the cache")
 
 
 def _model_normalize(model: str, data_normalize: Normalize) -> Normalize:
@@ -492,7 +505,7 @@ def _validate(config: TrainConfig) -> None:
     if config.cache and config.views is not None:
         raise BadInput("--views is taken from the cache: drop it (or drop --cache)")
     if config.cache and config.strong:
-        raise BadInput(_STRONG_FROM_CACHE)
+        raise BadInput(_strong_from_cache(config))
     ViewSpec(kind="crop", size=1, **config.strong)  # bad values are refused before anything is written
     _check_optimizer(config)
     _check_milestones(config)
@@ -638,7 +651,7 @@ def _settings_record(config: TrainConfig, resolved: ResolvedHparams, train_set: 
 
 
 def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str | None,
-                    val_set: Dataset | None, n_train: int, labelled: np.ndarray | None) -> str:
+                    val_set: Dataset | None, n_train: int, labelled: np.ndarray | None, views: str) -> str:
     """The resolved settings, said once before the first epoch: what a default or preset chose is
     otherwise invisible."""
     stones = config.resolved_milestones()
@@ -664,6 +677,7 @@ def _settings_block(config: TrainConfig, resolved: ResolvedHparams, teacher: str
         f"  forward    {_forward_line(config)}",
         f"  method     {config.method}, preset {preset}",
         f"  hparams    {hparams}",
+        f"  views      {views}",
         f"  selection  {selection}",
     ]
     if labelled is not None:
@@ -752,7 +766,7 @@ def _resolve_sources(config: TrainConfig, needs_teacher: bool, train_set: Datase
         if config.views is not None:  # _validate could not know a cache would be found
             raise BadInput(f"--views is taken from the cache found ({cache}): drop --views")
         if config.strong:
-            raise BadInput(f"{_STRONG_FROM_CACHE} (found {cache})")
+            raise BadInput(f"{_strong_from_cache(config)} (found {cache})")
     reader = None
     if cache:
         try:

@@ -1,0 +1,117 @@
+"""Strong augmentation and mixing options as a careless user and an attacker give them.
+
+Values that would hang a dump (``--aa rand-n100000``), overflow the integer ops (infinite or huge
+magnitudes and jitter), poison λ with NaN (tiny or infinite alphas) or be stored yet change no
+view (``--mixup-switch-prob`` without both alphas, ``--mixup-prob`` without one, ``--aa ''``) are
+one ``error:`` line from ``dump`` and ``train`` with nothing on disk; the options that are taken
+say so before work starts, and refusals name the flags that were given. Where timm gives a value a
+meaning (``mstd`` above 100: uniform magnitudes; increasing enhance factors kept >= 0.1) it is
+replayed with that meaning.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lm_helpers import lm_dump_args
+
+from logitcache.augment import AutoAugment, _Draws, _q8, _rand_ops, mix_params
+
+SYNTHETIC = "synthetic:n=32,size=8"
+DUMP = ["dump", "--teacher", "resnet8", "--random-init", "--dataset", SYNTHETIC, "--views", "2", "--device", "cpu",
+        "--quiet", "--batch-size", "16"]
+TRAIN = ["train", "--student", "resnet8", "--dataset", SYNTHETIC, "--method", "ce", "--epochs", "1",
+         "--batch-size", "16", "--device", "cpu", "--quiet"]
+
+# flags -> a phrase of the one line that refuses them
+BAD = {
+    "jitter inf": (["--color-jitter", "inf"], "--color-jitter must be in [0, 255]"),
+    "jitter huge": (["--color-jitter", "1e9"], "--color-jitter must be in [0, 255]"),
+    "cutmix inf": (["--cutmix", "inf"], "--cutmix must be finite and >= 0"),
+    "mixup tiny": (["--mixup", "1e-5"], "--mixup 1e-05 mixes nothing"),
+    "layers that hang": (["--aa", "rand-n100000"], "1 <= n <= 15"),
+    "infinite magnitude": (["--aa", "rand-minf-mmaxinf"], "0 <= m <= mmax <= 100"),
+    "huge magnitude": (["--aa", "rand-m1e300-mmax1e300"], "0 <= m <= mmax <= 100"),
+    "nan mstd": (["--aa", "rand-m9-mstdnan"], "mstd >= 0"),
+    "empty aa": (["--aa", ""], "--aa is empty"),
+    "switch alone": (["--mixup-switch-prob", "0.3"], "give both --mixup and --cutmix"),
+    "switch with one alpha": (["--mixup", "1", "--mixup-switch-prob", "0.3"], "give both --mixup and --cutmix"),
+    "prob alone": (["--mixup-prob", "0.3"], "give an alpha"),
+    "prob 0": (["--cutmix", "1", "--mixup-prob", "0"], "--mixup-prob 0 mixes no view"),
+}
+
+
+@pytest.mark.parametrize("command", ["dump", "train"])
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_or_idle_strong_options_are_one_line_and_leave_nothing(case, command, run_cli, one_line, tmp_path):
+    flags, phrase = BAD[case]
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    line = one_line(run_cli([*(DUMP if command == "dump" else TRAIN), *flags, "--out", out]))
+    assert phrase in line, line
+    assert time.perf_counter() - started < 30  # refused, not run (rand-n100000 took minutes)
+    assert not out.exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(alpha=st.floats(1e-3, 1e300), cut=st.booleans(), start=st.integers(0, 2**32 - 4096))
+def test_lambda_is_a_share_for_any_accepted_alpha(alpha, cut, start):
+    """Tiny alphas underflow both Gamma draws to 0 and huge ones overflow their sum: λ stays in
+    [0, 1], the blend weight in [0, 256] and the box inside the image (NaN gave λ = -3.6e16)."""
+    seeds = np.arange(start, start + 4096, dtype=np.uint32)
+    samples = np.arange(4096) % 16
+    mix = mix_params(seeds, samples, np.zeros(4096, dtype=bool), 16, (5, 7), mixup=0.0 if cut else alpha,
+                     cutmix=alpha if cut else 0.0, prob=1.0, switch_prob=0.5)
+    assert np.isfinite(mix.lam).all() and (mix.lam >= 0).all() and (mix.lam <= 1).all()
+    assert ((mix.weight >= 0) & (mix.weight <= 256)).all()
+    assert ((mix.box >= 0) & (mix.box <= [5, 5, 7, 7])).all()
+
+
+def _enhance_factors(policy: str, count: int = 3000) -> np.ndarray:
+    aa = AutoAugment.parse(policy)
+    plans = [aa.plan(_Draws(seed, aa.n), (8, 8)) for seed in range(count)]
+    return np.array([args[0] for plan in plans for name, args in plan
+                     if name in ("color", "contrast", "brightness", "sharpness")])
+
+
+def test_mstd_above_100_draws_the_magnitude_uniformly_as_timm():
+    """timm reads ``mstd`` > 100 as uniform magnitudes in [0, m], not a Gaussian clipped to 0 or mmax."""
+    assert AutoAugment.parse("rand-m9-mstd101-inc1").canonical() == AutoAugment.parse("rand-m9-mstdinf-inc1").canonical()
+    factors = _enhance_factors("rand-m9-mstd101-inc1-n1-p1")
+    assert factors.min() >= _q8(1 - 0.81) and factors.max() <= _q8(1 + 0.81)  # |m| never above 9
+    inner = (factors > _q8(1 - 0.4)) & (factors < _q8(1 + 0.4))  # m below ~4.4: 49 % of uniform draws
+    assert 0.4 < inner.mean() < 0.6
+
+
+def test_increasing_enhance_factors_stay_at_timms_floor_of_0_1():
+    assert _rand_ops(True)["Contrast"](20.0, -1, (8, 8)) == ("contrast", (_q8(0.1),))
+    assert _enhance_factors("rand-m20-mmax20-inc1-n1-p1").min() == _q8(0.1)
+
+
+def test_train_says_the_views_and_augmentation_it_replays(run_cli, tmp_path):
+    result = run_cli([*TRAIN, "--aa", "trivial", "--cutmix", "1", "--views", "3", "--out", tmp_path / "run"])
+    assert result.code == 0, result.err
+    line = next(line for line in result.out.splitlines() if line.startswith("  views"))
+    assert ("3 augmented views per sample (derived, seed 0), --view-policy cycle: 1 distinct in 1 epoch; "
+            "crop(8, pad=1)+flip + aa trivial + cutmix 1 prob 1") in line, line
+
+
+def test_refusals_name_the_strong_flags_given(make_cache, lm_files, run_cli, one_line, tmp_path):
+    cache = make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)
+    line = one_line(run_cli([*TRAIN, "--method", "kd", "--cache", cache, "--reprob", "0.3", "--mixup", "1",
+                             "--out", tmp_path / "run"]))
+    assert "drop --reprob, --mixup, or train without the cache" in line, line
+    text = one_line(run_cli(["dump", *lm_dump_args(lm_files, "--aa", "trivial", "--cutmix", "1"),
+                             "--out", tmp_path / "c.zarr"]))
+    assert "drop --aa, --cutmix" in text, text
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c.zarr").exists()
+
+
+def test_info_epochs_on_a_text_cache_says_what_a_run_shows(lm_cache, run_cli):
+    result = run_cli(["info", lm_cache, "--no-stats", "--epochs", "5"])
+    assert result.code == 0, result.err
+    assert "a run of 5 epochs shows each sample its one clean view every epoch" in result.out
