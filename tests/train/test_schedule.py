@@ -33,7 +33,7 @@ def _block(out: str) -> dict[str, str]:
             break
         label, _, text = line.strip().partition(" ")
         block[label] = text.strip()
-    assert list(block) == ["schedule", "forward", "method", "hparams", "selection"], out
+    assert list(block) == ["schedule", "forward", "method", "hparams", "views", "selection"], out
     assert lines[start + 1 + len(block)].startswith("epoch 1/"), "the block comes right before the first epoch"
     return block
 
