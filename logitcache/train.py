@@ -346,10 +346,15 @@ def _train(config: TrainConfig, rank: int, world_size: int, echo: Callable[[str]
         view_spec.check_replayable()  # before the run folder is written
     else:
         view_spec = dataclasses.replace(train_set.train_view, **config.strong)
-    if labelled is not None and view_spec.mixing:
-        # A mixed view's CE takes its own and its partner's label, either of which may be hidden.
-        raise BadInput("--label-fraction does not combine with mixed views (--mixup/--cutmix, of the cache or "
-                       "given to train): use views without mixing, or drop --label-fraction")
+    if view_spec.mixing:
+        # A mixed view shows its partner's pixels and label, and partners are drawn (by the dump, for a
+        # cache) from every training image: a hidden label would be used, a held-out image trained on.
+        given = [opt for opt, used in (("--label-fraction", labelled is not None),
+                                       ("--val-fraction", val_set is not None)) if used]
+        if given:
+            raise BadInput(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not combine with mixed views "
+                           "(--mixup/--cutmix, of the cache or given to train: a view's partner may be any training "
+                           f"image): use views without mixing, or drop {' and '.join(given)}")
     if reader is not None and not config.teacher_online and reader.spec.encoding.kind == "sampled":
         method.check_sampled(hparams, reader.spec.encoding.temperature)  # once, before anything is written
         if labelled is not None:

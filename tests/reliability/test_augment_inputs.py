@@ -115,3 +115,13 @@ def test_info_epochs_on_a_text_cache_says_what_a_run_shows(lm_cache, run_cli):
     result = run_cli(["info", lm_cache, "--no-stats", "--epochs", "5"])
     assert result.code == 0, result.err
     assert "a run of 5 epochs shows each sample its one clean view every epoch" in result.out
+
+
+@pytest.mark.parametrize("mixing", [["--mixup", "1"], ["--cutmix", "1", "--mixup-prob", "0.5"]])
+def test_a_held_out_image_is_never_a_mixing_partner(mixing, run_cli, one_line, tmp_path):
+    """Partners are drawn from every training image (by the dump, for a cache): with --val-fraction
+    the student would train on pixels and labels of the images it is selected on."""
+    out = tmp_path / "run"
+    line = one_line(run_cli([*TRAIN, *mixing, "--val-fraction", "0.25", "--out", out]))
+    assert "--val-fraction does not combine with mixed views" in line and "drop --val-fraction" in line, line
+    assert not out.exists()
