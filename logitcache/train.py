@@ -66,7 +66,7 @@ from .store.format import CacheSpec
 from .store.reader import CacheReader, check_matches
 from .teacher import Renormalize, build_teacher, teacher_weights_sha256
 from .teacher_view import TeacherView
-from .views import NO_AUGMENTATION, NoAugmentation, Normalize, ViewSpec, strong_options, view_seeds
+from .views import STRONG_FIELDS, NO_AUGMENTATION, NoAugmentation, Normalize, ViewSpec, strong_options, view_seeds
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 VIEW_POLICIES = ("cycle", "random")
@@ -888,7 +888,8 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool, resumed: dict | 
         saved = _with_resolved_optimizer({**TrainConfig(student="", dataset="", out="").to_json(), **resumed["config"]})
         now = _with_resolved_optimizer(config.to_json())
         diffs = [f"{_option_name(k)} {saved[k]!r} -> {v!r}" for k, v in now.items()
-                 if k not in ("resume", "progress", "device", "workers", "log") and saved.get(k) != v]
+                 if k not in ("resume", "progress", "device", "workers", "log", "strong") and saved.get(k) != v]
+        diffs += _strong_differences(saved.get("strong") or {}, now["strong"])
         if diffs:
             raise BadInput(f"--resume with other settings than the run in {out} ({', '.join(diffs)}): use the same options")
         if not last.exists():  # stopped before its first epoch ended: run it again from the start
@@ -904,6 +905,21 @@ def _prepare_out(out: Path, config: TrainConfig, is_main: bool, resumed: dict | 
         return state["epoch"] + 1, state
     _refuse_foreign_out(out, config)  # again under the lock: another run may have begun since
     return 1, None
+
+
+def _strong_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The strong-augmentation flags a resume changes, each named, compared as the views they make
+    (``rand-m9-inc1`` and ``rand-inc1-m9`` are one policy)."""
+    def resolved(given: dict[str, Any]) -> dict[str, Any]:
+        try:
+            spec = ViewSpec(kind="crop", size=1, **given)
+        except (BadInput, TypeError):  # a config.json edited by hand: compared as it reads
+            return {**defaults, **given}
+        return {name: getattr(spec, name) for name in STRONG_FIELDS}
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ViewSpec) if f.name in STRONG_FIELDS}
+    a, b = resolved(was), resolved(now)
+    return [f"--{name.replace('_', '-')} {a[name]!r} -> {b[name]!r}" for name in STRONG_FIELDS if a.get(name) != b.get(name)]
 
 
 def _with_resolved_optimizer(options: dict[str, Any]) -> dict[str, Any]:

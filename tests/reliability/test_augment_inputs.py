@@ -125,3 +125,12 @@ def test_a_held_out_image_is_never_a_mixing_partner(mixing, run_cli, one_line, t
     line = one_line(run_cli([*TRAIN, *mixing, "--val-fraction", "0.25", "--out", out]))
     assert "--val-fraction does not combine with mixed views" in line and "drop --val-fraction" in line, line
     assert not out.exists()
+
+
+def test_a_resume_names_the_augmentation_flag_it_changes_and_reads_spellings_as_views(run_cli, one_line, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TRAIN, "--aa", "rand-m9-inc1", "--out", out]).code == 0
+    changed = one_line(run_cli([*TRAIN, "--aa", "rand-m9-inc1", "--reprob", "0.2", "--out", out, "--resume"]))
+    assert "(--reprob 0.0 -> 0.2)" in changed, changed  # was "--strong {'aa': ...} -> {...}"
+    same = one_line(run_cli([*TRAIN, "--aa", "rand-inc1-m9", "--out", out, "--resume"]))  # the same policy
+    assert "already finished its 1 epochs" in same, same

@@ -23,27 +23,36 @@ def cache(make_cache):
     return make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)
 
 
-def _train_args(cache, out, *extra) -> list:
-    return ["train", "--student", "resnet8", "--dataset", SYNTHETIC, "--cache", cache, "--out", out,
+# Without the cache: the online teacher on views derived from the seeds with strong augmentation and
+# mixing, which a resume must derive again identically.
+ONLINE_STRONG = ("--teacher-online", "--teacher", "resnet8", "--random-init-teacher", "--aa", "rand-m9-mstd0.5-inc1",
+                 "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0")
+
+
+def _train_args(cache, out, *extra, online: tuple = ()) -> list:
+    """The run's command: from the cache, or with ``online`` (ONLINE_STRONG) instead of it."""
+    source = online or ("--cache", cache)
+    return ["train", "--student", "resnet8", "--dataset", SYNTHETIC, *source, "--out", out,
             "--epochs", str(EPOCHS), "--batch-size", "16", "--milestones", "2,3", "--lr", "0.1",
             "--device", "cpu", "--quiet", *extra]
 
 
 @pytest.fixture(scope="module")
 def reference(cache, tmp_path_factory):
-    """``reference(policy) -> folder`` of an uninterrupted run with that view policy, made once."""
+    """``reference(policy, online=()) -> folder`` of an uninterrupted run with that view policy (and
+    ``online`` instead of the cache where given), made once."""
     from logitcache_cli.main import main
 
     made = {}
 
-    def run(policy: str):
-        if policy not in made:
+    def run(policy: str, online: tuple = ()):
+        if (policy, online) not in made:
             out = tmp_path_factory.mktemp("run") / "ref"
             with pytest.raises(SystemExit) as done:
-                main([str(a) for a in _train_args(cache, out, "--view-policy", policy)])
+                main([str(a) for a in _train_args(cache, out, "--view-policy", policy, online=online)])
             assert done.value.code in (0, None)
-            made[policy] = out
-        return made[policy]
+            made[policy, online] = out
+        return made[policy, online]
 
     return run
 
@@ -107,6 +116,18 @@ def test_killed_training_resumes_to_the_same_weights(policy, point, completed, r
     resumed = run_cli([*command, "--resume"])
     assert resumed.code == 0, resumed.err
     _assert_same_run(reference(policy), out)
+
+
+@pytest.mark.parametrize("policy", ["cycle", "random"])
+def test_killed_training_on_derived_strong_mixed_views_resumes_to_the_same_weights(policy, reference, cache, kill_at,
+                                                                                  run_cli, tmp_path):
+    out = tmp_path / "run"
+    command = _train_args(cache, out, "--view-policy", policy, online=ONLINE_STRONG)
+    kill_at("step:6", command)
+    _assert_whole_checkpoints(out, 1)
+    resumed = run_cli([*command, "--resume"])
+    assert resumed.code == 0, resumed.err
+    _assert_same_run(reference(policy, ONLINE_STRONG), out)
 
 
 def test_killed_twice(reference, cache, kill_at, run_cli, tmp_path):
