@@ -9,6 +9,9 @@ import typer
 
 from logitcache.errors import BadInput
 from logitcache.sweep import RESULTS_MD, SweepConfig, render_markdown, run_sweep
+from logitcache.views import STRONG_FIELDS, ViewSpec, strong_options
+
+from ._options import strong_augmentation
 
 
 def parse_int_list(option: str, value: str) -> tuple[int, ...]:
@@ -52,9 +55,15 @@ def _check_train_options(ctx: typer.Context, config: SweepConfig) -> None:
     train = ctx.parent.command.commands["train"]  # type: ignore[union-attr]
     args = ["--student", config.student, "--dataset", config.dataset, "--out", config.out, *config.train_args]
     try:
-        train.make_context("train", args, parent=ctx.parent, resilient_parsing=False)
+        params = train.make_context("train", args, parent=ctx.parent, resilient_parsing=False).params
     except click.ClickException as e:
         raise BadInput(f"{e.format_message()} (in the options passed to every `logitcache train` run)") from None
+    # Augmentation values every run would refuse, refused once: bad ones, and any beside a cache.
+    strong = strong_augmentation(**{name: params[name] for name in STRONG_FIELDS})
+    ViewSpec(kind="crop", size=1, **strong)
+    if strong and config.cache is not None:
+        raise BadInput(f"a cache replays its own augmentation (logitcache info shows it): drop {strong_options(strong)} "
+                       "from the options passed to every `logitcache train` run, or sweep without --cache")
 
 
 def register(app: typer.Typer) -> None:

@@ -134,3 +134,16 @@ def test_a_resume_names_the_augmentation_flag_it_changes_and_reads_spellings_as_
     assert "(--reprob 0.0 -> 0.2)" in changed, changed  # was "--strong {'aa': ...} -> {...}"
     same = one_line(run_cli([*TRAIN, "--aa", "rand-inc1-m9", "--out", out, "--resume"]))  # the same policy
     assert "already finished its 1 epochs" in same, same
+
+
+@pytest.mark.parametrize(("with_cache", "flags", "phrase"), [(False, ["--reprob", "5"], "--reprob must be in [0, 1]"),
+                                                             (True, ["--reprob", "0.3"], "drop --reprob from the options")])
+def test_a_sweep_refuses_augmentation_every_run_would_refuse_once(with_cache, flags, phrase, make_cache, run_cli,
+                                                                  one_line, tmp_path):
+    """Before: each (method, seed) run failed on its own, and the sweep left its folder behind."""
+    cache = ["--cache", make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)] if with_cache else []
+    out = tmp_path / "sweep"
+    line = one_line(run_cli(["sweep", "--student", "resnet8", "--dataset", SYNTHETIC, "--methods", "kd,ce", "--seeds",
+                             "0", "--out", out, *cache, "--epochs", "1", "--device", "cpu", *flags]))
+    assert phrase in line, line
+    assert not out.exists()
