@@ -165,6 +165,8 @@ def _views_and_chunks(config: DumpConfig, dataset: Dataset, inp: ModelInput | No
     if inp is not None and config.augmentation:  # the user's size; the clean view's crop share stays the model's
         view_spec = inp.view(view_spec, size=view_spec.size)
     view_spec = dataclasses.replace(view_spec, **config.strong)
+    if view_spec.mixing and len(dataset.labels) < 2:  # no partner: every view would stay unmixed
+        raise BadInput(f"--mixup/--cutmix mix each view with another sample, and {dataset.name} has one: drop them")
     count = DEFAULT_VIEWS if config.views is None else config.views
     views = ViewsInfo(count=count, clean=config.clean_view, seed=config.seed, augmentation=view_spec.to_json())
     return views, config.chunk_samples or DEFAULT_CHUNK_SAMPLES

@@ -147,3 +147,11 @@ def test_a_sweep_refuses_augmentation_every_run_would_refuse_once(with_cache, fl
                              "0", "--out", out, *cache, "--epochs", "1", "--device", "cpu", *flags]))
     assert phrase in line, line
     assert not out.exists()
+
+
+def test_mixing_a_one_sample_dataset_is_refused(run_cli, one_line, tmp_path):
+    """With no partner every view stayed unmixed, while the store recorded mixing."""
+    out = tmp_path / "c.zarr"
+    args = [a if a != SYNTHETIC else "synthetic:n=1,size=8" for a in DUMP]
+    assert "has one: drop them" in one_line(run_cli([*args, "--mixup", "1", "--out", out]))
+    assert not out.exists()
