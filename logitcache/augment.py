@@ -15,6 +15,7 @@ in normalised space, which a uint8 image cannot hold).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,82 +221,166 @@ def erase_plan(prob: float, draws: _Draws, hw: tuple[int, int]) -> Plan:
 
 
 # --------------------------------------------------------------------------- integer ops
+# Each op maps a (C, H, W) uint8 image to another. The definitions (PIL's, in integers) are written
+# out the slow obvious way in tests/augment_reference.py, which these equal bit for bit; here they
+# are arranged for speed on a CPU, where every pass over an image and every fresh image-sized
+# temporary costs more than the arithmetic: pointwise ops are one gather through a 256-entry table
+# of the op's own formula, other steps run in place.
+_LEVELS = np.arange(256, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _point(name: str, arg: int) -> np.ndarray:
+    """The table of a pointwise op with its argument (policies draw few distinct ones)."""
+    v = _LEVELS
+    table = {
+        "solarize": lambda: np.where(v >= arg, 255 - v, v),
+        "solarize_add": lambda: np.where(v < 128, v + arg, v),
+        "brightness": lambda: _blend(v, 0, arg),
+    }[name]()
+    return np.clip(table, 0, 255).astype(np.uint8)
+
+
+def _table(x: Tensor, table: np.ndarray) -> Tensor:
+    """x through a uint8 lookup table, shared (256,) or one per channel (C, 256)."""
+    index = x.to(torch.int32)
+    if table.ndim == 2:
+        index += torch.arange(0, 256 * x.shape[0], 256, dtype=torch.int32, device=x.device).view(-1, 1, 1)
+    return torch.from_numpy(table.reshape(-1)).to(x.device).index_select(0, index.reshape(-1)).view(x.shape)
+
+
 def _luma(x: Tensor) -> Tensor:
-    """(1, H, W) integer grey level: PIL's "L" conversion for RGB, the image itself for one channel."""
+    """(1, H, W) int32 grey level: PIL's "L" conversion for RGB, the channels' rounded mean otherwise."""
     if x.shape[0] == 3:
-        return (x[0] * 19595 + x[1] * 38470 + x[2] * 7471 + 32768)[None] >> 16
-    return (x.sum(0, keepdim=True) + x.shape[0] // 2) // x.shape[0]
+        grey = x[0].to(torch.int32).mul_(19595)
+        grey += x[1].to(torch.int32).mul_(38470)
+        grey += x[2].to(torch.int32).mul_(7471)
+        return grey.add_(32768).__irshift__(16)[None]
+    return (x.sum(0, keepdim=True, dtype=torch.int32) + x.shape[0] // 2) // x.shape[0]
 
 
-def _blend(x: Tensor, degenerate: Tensor, factor: int) -> Tensor:
+def _blend(x: Tensor | np.ndarray, degenerate: Tensor | np.ndarray | int, factor: int) -> Tensor | np.ndarray:
     """PIL's ImageEnhance: degenerate + factor (x - degenerate), factor in 1/256 steps."""
     return degenerate + ((factor * (x - degenerate) + 128) >> 8)
 
 
-def _smooth(x: Tensor) -> Tensor:
-    """PIL's SMOOTH filter (3×3, centre weight 5, sum 13) inside the border; the border is kept."""
+def _blend_pixels(x: Tensor, degenerate: Tensor, factor: int) -> Tensor:
+    """:func:`_blend` of a uint8 image with an int32 one, in place on one int32 copy."""
+    out = x.to(torch.int32).sub_(degenerate).mul_(factor).add_(128).__irshift__(8).add_(degenerate)
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def _contrast(x: Tensor, factor: int) -> Tensor:
+    pixels = x[0].numel()
+    mean = (int(_luma(x).sum()) + pixels // 2) // pixels
+    return _table(x, np.clip(_blend(_LEVELS, mean, factor), 0, 255).astype(np.uint8))
+
+
+def _sharpness(x: Tensor, factor: int) -> Tensor:
+    """Blend with PIL's SMOOTH filter (3×3, centre weight 5, sum 13) inside the border; the border
+    is its own degenerate, so it stays."""
     if x.shape[1] < 3 or x.shape[2] < 3:
         return x
-    s = sum(x[:, i : x.shape[1] - 2 + i, j : x.shape[2] - 2 + j] for i in range(3) for j in range(3))
+    y = x.to(torch.int16)  # a 3×3 sum of bytes and 4 centres: at most 3,321
+    rows = y[:, :, :-2] + y[:, :, 1:-1]
+    rows += y[:, :, 2:]
+    total = rows[:, :-2] + rows[:, 1:-1]
+    total += rows[:, 2:]
+    total += y[:, 1:-1, 1:-1] * 4
+    smooth = total.to(torch.int32).add_(6).mul_(5042).__irshift__(16)  # = (total + 6) // 13 below 6,553 (see the test)
     out = x.clone()
-    out[:, 1:-1, 1:-1] = (s + 4 * x[:, 1:-1, 1:-1] + 6) // 13
+    out[:, 1:-1, 1:-1] = _blend_pixels(x[:, 1:-1, 1:-1], smooth, factor)
     return out
 
 
 def _autocontrast(x: Tensor) -> Tensor:
-    lo = x.amin(dim=(1, 2), keepdim=True)
-    hi = x.amax(dim=(1, 2), keepdim=True)
-    span = (hi - lo).clamp(min=1)
-    return torch.where(hi > lo, (x - lo) * 255 // span, x)
+    lo = x.amin(dim=(1, 2)).cpu().numpy().astype(np.int64)[:, None]
+    hi = x.amax(dim=(1, 2)).cpu().numpy().astype(np.int64)[:, None]
+    table = np.where(hi > lo, np.maximum(_LEVELS - lo, 0) * 255 // np.maximum(hi - lo, 1), _LEVELS)
+    return _table(x, table.astype(np.uint8))
 
 
 def _equalize(x: Tensor) -> Tensor:
     """PIL's ImageOps.equalize per channel, in its own integer arithmetic."""
-    out = x.clone()
-    for c in range(x.shape[0]):
-        h = torch.bincount(x[c].flatten(), minlength=256)
+    counts = torch.stack([torch.bincount(plane.reshape(-1), minlength=256) for plane in x]).cpu().numpy().astype(np.int64)
+    tables = []
+    for h in counts:
         present = h[h > 0]
         step = int((present.sum() - present[-1]) // 255)
-        if step:
-            out[c] = ((torch.cumsum(h, 0) - h + step // 2) // step).clamp(max=255)[x[c]]
-    return out
+        tables.append(np.minimum((np.cumsum(h) - h + step // 2) // step, 255) if step else _LEVELS)
+    return _table(x, np.stack(tables).astype(np.uint8))
 
 
 def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor:
     """Bilinear affine warp in fixed point: the source of each output pixel centre is
-    M (p - centre) + centre + t, in 1/65536 pixel; taps outside the image read FILL."""
-    channels, h, w = x.shape
+    M (p - centre) + centre + t, in 1/65536 pixel; taps outside the image read FILL.
+
+    Computed in float32, which is exact here: every sum and product is a multiple of 1/65536
+    under 256, so the lerps below are the integer formula of tests/augment_reference.py."""
     one = 1 << _AFFINE_BITS
+    if a == d == one and b == c == 0:
+        return _shift(x, tx, ty)
+    channels, h, w = x.shape
     # Coordinates in int32 where no sum below can reach 2**31 (any view size in practice), else int64.
     bound = max((abs(a) + abs(b)) * 2 * w + w * one + 2 * abs(tx), (abs(c) + abs(d)) * 2 * h + h * one + 2 * abs(ty))
-    kind = torch.int32 if bound < 2**31 else torch.int64
+    kind = torch.int32 if bound < 2**31 and channels * (h + 4) * (w + 4) < 2**31 else torch.int64
     u = (2 * torch.arange(w, device=x.device, dtype=kind) + 1 - w)[None, :]  # 2 (x + 1/2 - w/2): half pixels
     v = (2 * torch.arange(h, device=x.device, dtype=kind) + 1 - h)[:, None]
-    sx = a * u + b * v + (w - 1) * one + 2 * tx  # 2·65536 × (source x - 1/2)
-    sy = c * u + d * v + (h - 1) * one + 2 * ty
-    shift = _AFFINE_BITS + 1
-    fx, fy = ((sx >> (shift - 8)) & 255).to(x.dtype), ((sy >> (shift - 8)) & 255).to(x.dtype)
-    # A border of two FILL pixels, and coordinates clamped into it: a tap pair left of, right of,
-    # above or below the image then reads FILL twice, and one gather per tap needs no mask.
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=FILL).reshape(channels, -1)
-    ix = (sx >> shift).clamp(-2, w) + 2
-    iy = (sy >> shift).clamp(-2, h) + 2
-    base = (iy * (w + 4) + ix).reshape(-1).to(torch.int64)
 
-    def tap(offset: int) -> Tensor:
-        return padded.index_select(1, base + offset).view(channels, h, w)
+    # 2·65536 × (source - 1/2) >> 9 is the source in 1/256 pixel, its low byte the tap's weight;
+    # each axis is computed on the shape it depends on: (1, W) without shear, (H, W) with. Taps
+    # are clamped into a border of two FILL pixels (a tap pair left of, right of, above or below
+    # the image then reads FILL twice), so that one gather per tap needs no mask.
+    def axis(along: Tensor, across: Tensor | None, size: int, t: int) -> tuple[Tensor, Tensor]:
+        pos = along + ((size + 3) * one + 2 * t)  # shifted by the two border pixels
+        if across is not None:
+            pos = pos + across
+        pos >>= _AFFINE_BITS - 7
+        weight = (pos & 255).to(torch.float32).div_(256)
+        pos >>= 8
+        return pos.clamp_(0, size + 2), weight
 
-    left, right = tap(0), tap(1)
-    top = (left << 8) + (right - left) * fx  # = left (256 - fx) + right fx
-    left, right = tap(w + 4), tap(w + 5)
-    bottom = (left << 8) + (right - left) * fx
-    return ((top << 8) + (bottom - top) * fy + 32768) >> 16
+    ix, wx = axis(a * u, b * v if b else None, w, tx)
+    iy, wy = axis(d * v, c * u if c else None, h, ty)
+    # One gather per tap for all channels: tap (dy, dx) reads the flat padded image shifted by dy
+    # rows and dx columns, at the same index.
+    planes = (h + 4) * (w + 4) * torch.arange(channels, dtype=kind, device=x.device)[:, None, None]
+    index = (iy * (w + 4) + ix + planes).reshape(-1)
+    flat = torch.nn.functional.pad(x, (2, 2, 2, 2), value=FILL).to(torch.float32).reshape(-1)
+
+    def row(offset: int) -> Tensor:  # a tap of weight 0 everywhere (shears, whole pixels) is not read
+        left = flat[offset:].index_select(0, index).view(channels, h, w)
+        return left.lerp_(flat[offset + 1 :].index_select(0, index).view(channels, h, w), wx) if wx.any() else left
+
+    out = row(0)
+    if wy.any():
+        out.lerp_(row(w + 4), wy)
+    return out.add_(0.5).floor_().to(torch.uint8)
+
+
+def _shift(x: Tensor, tx: int, ty: int) -> Tensor:
+    """:func:`_warp` of a translation: the source of (X, Y) is (X + tx, Y + ty) / 65536 exactly,
+    so every tap is a slice of one canvas of the image in FILL, and no coordinate is computed."""
+    channels, h, w = x.shape
+    qx, qy = (2 * tx) >> (_AFFINE_BITS - 7), (2 * ty) >> (_AFFINE_BITS - 7)  # in 1/256 pixel
+    kx, ky = qx >> 8, qy >> 8
+    canvas = torch.full((channels, h + 1, w + 1), float(FILL), dtype=torch.float32, device=x.device)
+    rows, cols = slice(max(0, -ky), min(h + 1, h - ky)), slice(max(0, -kx), min(w + 1, w - kx))
+    if rows.start < rows.stop and cols.start < cols.stop:  # canvas[r, s] is pixel (r + ky, s + kx)
+        canvas[:, rows, cols] = x[:, rows.start + ky : rows.stop + ky, cols.start + kx : cols.stop + kx]
+
+    def row(r: int) -> Tensor:
+        left = canvas[:, r : r + h, :w]
+        return torch.lerp(left, canvas[:, r : r + h, 1:], (qx & 255) / 256) if qx & 255 else left
+
+    out = torch.lerp(row(0), row(1), (qy & 255) / 256) if qy & 255 else row(0)
+    return (out + 0.5).floor_().to(torch.uint8)
 
 
 def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:
     noise = _hash(np.uint64(seed), _STREAM - 1, np.arange(x.shape[0] * h * w)) >> np.uint64(56)
     out = x.clone()
-    out[:, top : top + h, left : left + w] = torch.from_numpy(noise.astype(np.int32)).view(-1, h, w).to(x.device)
+    out[:, top : top + h, left : left + w] = torch.from_numpy(noise.astype(np.uint8)).view(-1, h, w).to(x.device)
     return out
 
 
@@ -304,24 +389,21 @@ _OPS: dict[str, Callable[..., Tensor]] = {
     "autocontrast": _autocontrast,
     "equalize": _equalize,
     "posterize": lambda x, bits: x if bits >= 8 else x & ((0xFF << (8 - bits)) & 0xFF),
-    "solarize": lambda x, t: torch.where(x >= t, 255 - x, x),
-    "solarize_add": lambda x, add: torch.where(x < 128, (x + add).clamp(max=255), x),
-    "brightness": lambda x, f: _blend(x, torch.zeros_like(x), f),
-    "color": lambda x, f: _blend(x, _luma(x), f),
-    "contrast": lambda x, f: _blend(x, (_luma(x).sum() + x[0].numel() // 2) // x[0].numel(), f),
-    "sharpness": lambda x, f: _blend(x, _smooth(x), f),
+    "solarize": lambda x, t: _table(x, _point("solarize", t)),
+    "solarize_add": lambda x, add: _table(x, _point("solarize_add", add)),
+    "brightness": lambda x, f: _table(x, _point("brightness", f)),
+    "color": lambda x, f: _blend_pixels(x, _luma(x), f),
+    "contrast": _contrast,
+    "sharpness": _sharpness,
     "affine": _warp,
 }
 
 
 def run_plan(image: Tensor, plan: Plan, seed: int) -> Tensor:
     """Apply one view's integer ops to a (C, H, W) uint8 image on its device."""
-    if not plan:
-        return image
-    x = image.to(torch.int32)  # every intermediate stays below 2**31 (at most 255 · 2**16)
     for name, args in plan:
-        x = _erase(x, seed, *args) if name == "erase" else _OPS[name](x, *args).clamp(0, 255)
-    return x.to(torch.uint8)
+        image = _erase(image, seed, *args) if name == "erase" else _OPS[name](image, *args)
+    return image
 
 
 def plan_view(seed: int, hw: tuple[int, int], aa: AutoAugment | None, color_jitter: float, reprob: float) -> Plan:
