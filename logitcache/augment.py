@@ -40,15 +40,15 @@ class _Draws:
     """All the draws of one view seed, computed at once; stream k of the view is ``self.u(k)``."""
 
     def __init__(self, seed: int, layers: int = 0) -> None:
-        self.bits = _hash(np.uint64(seed), _STREAM + np.arange(_STREAMS + 8 * layers))
+        self.bits: list[int] = _hash(np.uint64(seed), _STREAM + np.arange(_STREAMS + 8 * layers)).tolist()
 
     def u(self, k: int) -> float:
         """float64 in [0, 1): 53 hash bits, exactly."""
-        return float(self.bits[k] >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        return (self.bits[k] >> 11) * (1.0 / 9007199254740992.0)
 
     def randint(self, k: int, high: int) -> int:
         """Integer in [0, high) by multiply-shift of 32 hash bits."""
-        return (int(self.bits[k] >> np.uint64(32)) * high) >> 32
+        return ((self.bits[k] >> 32) * high) >> 32
 
     def sign(self, k: int) -> int:
         return -1 if self.randint(k, 2) else 1
@@ -311,6 +311,13 @@ def _equalize(x: Tensor) -> Tensor:
     return _table(x, np.stack(tables).astype(np.uint8))
 
 
+@functools.lru_cache(maxsize=64)
+def _grid(size: int, device: torch.device, kind: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Pixel numbers 0..size-1 and twice their centres' offsets from the image centre, 2 p + 1 - size."""
+    pixels = torch.arange(size, device=device, dtype=kind)
+    return pixels, 2 * pixels + 1 - size
+
+
 def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor:
     """Bilinear affine warp in fixed point: the source of each output pixel centre is
     M (p - centre) + centre + t, in 1/65536 pixel; taps outside the image read FILL.
@@ -324,38 +331,43 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
     # Coordinates in int32 where no sum below can reach 2**31 (any view size in practice), else int64.
     bound = max((abs(a) + abs(b)) * 2 * w + w * one + 2 * abs(tx), (abs(c) + abs(d)) * 2 * h + h * one + 2 * abs(ty))
     kind = torch.int32 if bound < 2**31 and channels * (h + 4) * (w + 4) < 2**31 else torch.int64
-    u = (2 * torch.arange(w, device=x.device, dtype=kind) + 1 - w)[None, :]  # 2 (x + 1/2 - w/2): half pixels
-    v = (2 * torch.arange(h, device=x.device, dtype=kind) + 1 - h)[:, None]
+    (xs, u), (ys, v) = _grid(w, x.device, kind), _grid(h, x.device, kind)
 
-    # 2·65536 × (source - 1/2) >> 9 is the source in 1/256 pixel, its low byte the tap's weight;
-    # each axis is computed on the shape it depends on: (1, W) without shear, (H, W) with. Taps
-    # are clamped into a border of two FILL pixels (a tap pair left of, right of, above or below
-    # the image then reads FILL twice), so that one gather per tap needs no mask.
-    def axis(along: Tensor, across: Tensor | None, size: int, t: int) -> tuple[Tensor, Tensor]:
-        pos = along + ((size + 3) * one + 2 * t)  # shifted by the two border pixels
-        if across is not None:
-            pos = pos + across
-        pos >>= _AFFINE_BITS - 7
-        weight = (pos & 255).to(torch.float32).div_(256)
-        pos >>= 8
-        return pos.clamp_(0, size + 2), weight
+    # 2·65536 × (source - 1/2) >> 9 is the source in 1/256 pixel, its low byte the tap's weight,
+    # on the shape it depends on: a shear's is per row or column, a rotation's per pixel. Taps are
+    # clamped into a border of two FILL pixels (a tap pair left of, right of, above or below the
+    # image then reads FILL twice), so that one gather per tap needs no mask.
+    def axis(scale: int, pixels: Tensor, centres: Tensor, across: Tensor | int, size: int, t: int) -> tuple[Tensor, Tensor]:
+        if scale == one:  # scale·centres = 2·65536 pixels + const: whole pixels, the fraction is across's
+            q = (across + (4 * one + 2 * t)) >> (_AFFINE_BITS - 7)
+            tap = pixels + (q >> 8)
+        else:
+            q = (centres * scale + across) + ((size + 3) * one + 2 * t)
+            q >>= _AFFINE_BITS - 7
+            tap = q >> 8
+        weight = torch.as_tensor(q & 255, device=x.device).to(torch.float32).div_(256)
+        return tap.clamp_(0, size + 2), weight
 
-    ix, wx = axis(a * u, b * v if b else None, w, tx)
-    iy, wy = axis(d * v, c * u if c else None, h, ty)
+    ix, wx = axis(a, xs[None], u[None], b * v[:, None] if b else 0, w, tx)
+    iy, wy = axis(d, ys[:, None], v[:, None], c * u[None] if c else 0, h, ty)
     # One gather per tap for all channels: tap (dy, dx) reads the flat padded image shifted by dy
     # rows and dx columns, at the same index.
-    planes = (h + 4) * (w + 4) * torch.arange(channels, dtype=kind, device=x.device)[:, None, None]
-    index = (iy * (w + 4) + ix + planes).reshape(-1)
+    index = (iy * (w + 4) + ix + (h + 4) * (w + 4) * _grid(channels, x.device, kind)[0][:, None, None]).reshape(-1)
     flat = torch.nn.functional.pad(x, (2, 2, 2, 2), value=FILL).to(torch.float32).reshape(-1)
 
-    def row(offset: int) -> Tensor:  # a tap of weight 0 everywhere (shears, whole pixels) is not read
+    def blends(weight: Tensor) -> bool:  # a tap of weight 0 everywhere (shears, whole pixels) is not read
+        return weight.numel() == h * w or bool(weight.amax() > 0)  # a rotation's: not worth a pass
+
+    def row(offset: int) -> Tensor:
         left = flat[offset:].index_select(0, index).view(channels, h, w)
-        return left.lerp_(flat[offset + 1 :].index_select(0, index).view(channels, h, w), wx) if wx.any() else left
+        if blends(wx):
+            left.lerp_(flat[offset + 1 :].index_select(0, index).view(channels, h, w), wx)
+        return left
 
     out = row(0)
-    if wy.any():
+    if blends(wy):
         out.lerp_(row(w + 4), wy)
-    return out.add_(0.5).floor_().to(torch.uint8)
+    return out.add_(0.5).to(torch.uint8)  # >= 0, so truncation is the floor
 
 
 def _shift(x: Tensor, tx: int, ty: int) -> Tensor:
@@ -374,7 +386,7 @@ def _shift(x: Tensor, tx: int, ty: int) -> Tensor:
         return torch.lerp(left, canvas[:, r : r + h, 1:], (qx & 255) / 256) if qx & 255 else left
 
     out = torch.lerp(row(0), row(1), (qy & 255) / 256) if qy & 255 else row(0)
-    return (out + 0.5).floor_().to(torch.uint8)
+    return (out + 0.5).to(torch.uint8)  # >= 0, so truncation is the floor
 
 
 def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:
