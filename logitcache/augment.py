@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +37,11 @@ Plan = list[tuple[str, tuple[int, ...]]]  # the integer ops of one view, in orde
 
 # --------------------------------------------------------------------------- draws
 class _Draws:
-    """All the draws of one view seed, computed at once; stream k of the view is ``self.u(k)``."""
+    """All the draws of one view seed (its hash of each stream, computed for a batch of seeds at
+    once by :func:`plan_views`); stream k of the view is ``self.u(k)``."""
 
-    def __init__(self, seed: int, layers: int = 0) -> None:
-        self.bits: list[int] = _hash(np.uint64(seed), _STREAM + np.arange(_STREAMS + 8 * layers)).tolist()
+    def __init__(self, bits: list[int]) -> None:
+        self.bits = bits
 
     def u(self, k: int) -> float:
         """float64 in [0, 1): 53 hash bits, exactly."""
@@ -418,12 +419,23 @@ def run_plan(image: Tensor, plan: Plan, seed: int) -> Tensor:
     return image
 
 
-def plan_view(seed: int, hw: tuple[int, int], aa: AutoAugment | None, color_jitter: float, reprob: float) -> Plan:
-    """The integer ops of the view with this seed on an (H, W) image, in timm's order:
+def plan_views(
+    seeds: Sequence[int] | np.ndarray, hw: tuple[int, int], aa: AutoAugment | None, color_jitter: float, reprob: float,
+) -> list[Plan]:
+    """The integer ops of the views with these seeds on (H, W) images, in timm's order:
     auto-augment or colour jitter, then random erasing."""
-    draws = _Draws(seed, aa.n if aa and aa.policy == "rand" else 0)
-    plan = aa.plan(draws, hw) if aa else jitter_plan(color_jitter, draws) if color_jitter else []
-    return plan + (erase_plan(reprob, draws, hw) if reprob else [])
+    streams = _STREAM + np.arange(_STREAMS + 8 * (aa.n if aa and aa.policy == "rand" else 0))
+    plans = []
+    for bits in _hash(np.asarray(seeds, dtype=np.uint64)[:, None], streams).tolist():
+        draws = _Draws(bits)
+        plan = aa.plan(draws, hw) if aa else jitter_plan(color_jitter, draws) if color_jitter else []
+        plans.append(plan + (erase_plan(reprob, draws, hw) if reprob else []))
+    return plans
+
+
+def plan_view(seed: int, hw: tuple[int, int], aa: AutoAugment | None, color_jitter: float, reprob: float) -> Plan:
+    """:func:`plan_views` of one seed."""
+    return plan_views([seed], hw, aa, color_jitter, reprob)[0]
 
 
 # --------------------------------------------------------------------------- mixing

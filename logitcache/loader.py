@@ -71,7 +71,7 @@ class _FolderBatches(torch.utils.data.Dataset):
         # One vectorised call for the batch: per image, the parameters' numpy overhead would cost
         # more than the image's resampling.
         params = self.spec.params(seeds, np.array([(im.height, im.width) for im in images]).reshape(-1, 2), clean)
-        return torch.stack([self.spec.apply_one(im, p) for im, p in zip(images, params)])
+        return self.spec.apply_each(images, params)
 
     def _load(self, j: int) -> Tensor:
         batch = self.batches[j]

@@ -32,7 +32,7 @@ from ._seeds import (
     _uniform,
     view_seeds,  # noqa: F401  (its public home: logitcache.views.view_seeds)
 )
-from .augment import AutoAugment, Mix, mix_params, plan_view, run_plan
+from .augment import AutoAugment, Mix, Plan, mix_params, plan_views, run_plan
 from .errors import BadInput, CacheMismatch, CacheOutdated
 
 if TYPE_CHECKING:
@@ -357,30 +357,38 @@ class ViewSpec:
         out = _flip(out, params[:, FLIP].to(images.device))
         if not self.per_sample:
             return out
-        return torch.stack([self.per_sample_ops(img, int(p[SEED]), bool(p[CLEAN])) for img, p in zip(out, params.tolist())])
+        return torch.stack([run_plan(img, plan, seed) for img, plan, seed in zip(out, self.plans(params), params[:, SEED].tolist())])
 
     def mix(self, seeds: np.ndarray, samples: np.ndarray, clean: np.ndarray, num_samples: int) -> Mix:
         """How each view is mixed (all unmixed without --mixup/--cutmix); views are size × size."""
         return mix_params(seeds, samples, clean, num_samples, (self.size, self.size), mixup=self.mixup,
                           cutmix=self.cutmix, prob=self.mixup_prob, switch_prob=self.mixup_switch_prob)
 
-    def per_sample_ops(self, image: Tensor, seed: int, clean: bool) -> Tensor:
-        """The auto-augment / jitter / erasing ops of one view, on its cropped (C, H, W) uint8 image."""
-        if clean or not self.per_sample:
-            return image
-        return run_plan(image, plan_view(seed, tuple(image.shape[1:]), self._aa, self.color_jitter, self.reprob), seed)
+    def plans(self, params: np.ndarray | Tensor) -> list[Plan]:
+        """The auto-augment / jitter / erasing ops of each view (none on the clean view), whose
+        draws are hashed for the batch at once."""
+        params = np.asarray(params, dtype=np.int64).reshape(-1, CLEAN + 1)
+        plans: list[Plan] = [[] for _ in params]
+        augmented = np.flatnonzero(params[:, CLEAN] == 0) if self.per_sample else []
+        if len(augmented):
+            drawn = plan_views(params[augmented, SEED], (self.size, self.size), self._aa, self.color_jitter, self.reprob)
+            for j, plan in zip(augmented.tolist(), drawn):
+                plans[j] = plan
+        return plans
 
-    def apply_one(self, image: Tensor | Image, params_row: np.ndarray | Sequence[int]) -> Tensor:
-        """Apply one view to one uint8 image (C, H, W) of any size, or to a decoded Pillow image (a
-        folder's, resampled as it is: no tensor of the whole image is made); used by loader workers."""
-        row = np.asarray(params_row, dtype=np.int64)
-        if isinstance(image, Tensor):
-            return self.apply(image[None], row[None])[0]
-        if self.kind == "crop":
-            return self.apply(pil_to_tensor(image)[None], row[None])[0]
-        p = row.tolist()
-        view = _resample(image, p, self.size)
-        return self.per_sample_ops(view.flip(-1) if p[FLIP] else view, p[SEED], bool(p[CLEAN]))
+    def apply_each(self, images: Sequence[Tensor | Image], params: np.ndarray) -> Tensor:
+        """Apply view j to uint8 image j (C, H, W) of any size, or to decoded Pillow images (a
+        folder's, resampled as they are: no tensor of the whole image is made); used by loader
+        workers. The views are stacked: (B, C, size, size)."""
+        params = np.asarray(params, dtype=np.int64)
+        if self.kind == "crop" or any(isinstance(image, Tensor) for image in images):
+            return torch.cat([self.apply((im if isinstance(im, Tensor) else pil_to_tensor(im))[None], p[None])
+                              for im, p in zip(images, params)])
+        out = []
+        for image, p, plan in zip(images, params.tolist(), self.plans(params)):
+            view = _resample(image, p, self.size)
+            out.append(run_plan(view.flip(-1) if p[FLIP] else view, plan, p[SEED]))
+        return torch.stack(out)
 
 
 def _crop(images: Tensor, params: Tensor, pad: int, size: int) -> Tensor:

@@ -86,10 +86,13 @@ def folder_and_memory(tmp_path_factory):
     return ds, [by_file[f] for f in ds.files]
 
 
+@pytest.mark.parametrize("strong", [{}, {"aa": "rand-m9-mstd0.5-inc1", "reprob": 0.5}], ids=["plain", "strong"])
 @pytest.mark.parametrize("workers", [0, 1])
-def test_folder_batches_equal_per_image_views(folder_and_memory, workers):
+def test_folder_batches_equal_per_image_views(folder_and_memory, workers, strong):
+    """Decoded files resampled in workers, a batch's plans drawn at once, equal each in-memory
+    image's view made alone."""
     ds, images = folder_and_memory
-    spec = ViewSpec(kind="resized_crop", size=12, flip=True)
+    spec = ViewSpec(kind="resized_crop", size=12, flip=True, **strong)
     views, samples = _pairs(len(ds), 2)
     batches = _batches(views, samples, 10, dump_seed=4)
     out = _run(ds, spec, batches, workers=workers)
@@ -97,7 +100,7 @@ def test_folder_batches_equal_per_image_views(folder_and_memory, workers):
     want = []
     for v, i, s in zip(views, samples, seeds):
         params = spec.params(np.asarray([s]), images[i].shape[1:], clean=bool(v == 0))
-        want.append(spec.apply_one(images[i], params[0]))
+        want.append(spec.apply_each([images[i]], params)[0])
     assert torch.equal(out, ds.normalize(torch.stack(want)))
     # Some flips happened, and the flipped ones are mirrored (the device-side flip path).
     flips = spec.params(seeds, np.array([im.shape[1:] for im in images])[samples], views == 0)[:, 4]

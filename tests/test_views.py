@@ -155,7 +155,7 @@ def test_same_pair_same_pixels_in_any_batch(spec):
     seeds = view_seeds(5, 2, np.arange(n))
     clean = np.zeros(n, dtype=bool)
     clean[::7] = True
-    ref = torch.stack([spec.apply_one(images[i], spec.params(seeds[i : i + 1], (32, 32), clean[i])[0]) for i in range(n)])
+    ref = torch.cat([spec.apply_each([images[i]], spec.params(seeds[i : i + 1], (32, 32), clean[i])) for i in range(n)])
     rng = np.random.default_rng(0)
     for batch_size in (1, 3, 16, n):
         order = rng.permutation(n)
