@@ -50,6 +50,8 @@ OP_ARGS = {
         st.tuples(st.just(ONE), coefficient, st.just(0), st.just(ONE), st.just(0), st.just(0)),
         st.tuples(st.just(ONE), st.just(0), coefficient, st.just(ONE), st.just(0), st.just(0)),
         st.tuples(st.just(ONE), st.just(0), st.just(0), st.just(ONE), st.integers(-40 * ONE, 40 * ONE), st.integers(-40 * ONE, 40 * ONE)),
+        # beyond int32 coordinates (the int64 path)
+        st.tuples(*[st.integers(-(2**33), 2**33)] * 4, st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)),
         st.floats(-180, 180).map(lambda deg: (lambda t: tuple(round(v * ONE) for v in (np.cos(t), np.sin(t), -np.sin(t), np.cos(t))) + (0, 0))(np.radians(deg))),
     ),
 }
@@ -65,6 +67,7 @@ def ops(draw) -> tuple[str, tuple[int, ...]]:
 @given(image=images(), op=ops())
 @example(image=np.full((3, 1, 1), 7, np.uint8), op=("affine", (ONE, 0, 0, ONE, ONE // 2, ONE // 2)))
 @example(image=np.arange(12, dtype=np.uint8).reshape(1, 3, 4) * 20, op=("sharpness", (4096,)))
+@example(image=np.arange(60, dtype=np.uint8).reshape(3, 4, 5) * 4, op=("affine", (2**31, 3, -5, 2**31, 2**38, -(2**38))))
 def test_every_op_equals_its_definition(image, op):
     got = run_plan(torch.from_numpy(image), [op], 0)
     assert got.dtype == torch.uint8
@@ -120,3 +123,11 @@ def test_views_of_existing_caches_keep_their_bytes(name):
     for seed in range(200):
         digest.update(run_plan(image, plan_view(seed, (48, 64), policy, jitter, 0.25), seed).numpy().tobytes())
     assert digest.hexdigest() == PINNED[name]
+
+
+def test_the_smoothing_divides_by_13_exactly_at_every_reachable_total():
+    """_sharpness divides (3×3 sum + 4 centres + 6) by 13 as a multiply-shift: exact up to 6,552,
+    and the largest total of bytes is 13·255 + 6."""
+    totals = np.arange(13 * 255 + 7)
+    assert np.array_equal((totals * 5042) >> 16, totals // 13)
+    assert ((6553 * 5042) >> 16) != 6553 // 13  # the bound is tight: the constant is not exact beyond
