@@ -288,7 +288,7 @@ def _sharpness(x: Tensor, factor: int) -> Tensor:
     total = rows[:, :-2] + rows[:, 1:-1]
     total += rows[:, 2:]
     total += y[:, 1:-1, 1:-1] * 4
-    smooth = total.to(torch.int32).add_(6).mul_(5042).__irshift__(16)  # = (total + 6) // 13 below 6,553 (see the test)
+    smooth = total.to(torch.int32).add_(6).mul_(5042).__irshift__(16)  # = (total + 6) // 13 below 6,564 (see the test)
     out = x.clone()
     out[:, 1:-1, 1:-1] = _blend_pixels(x[:, 1:-1, 1:-1], smooth, factor)
     return out

@@ -126,8 +126,8 @@ def test_views_of_existing_caches_keep_their_bytes(name):
 
 
 def test_the_smoothing_divides_by_13_exactly_at_every_reachable_total():
-    """_sharpness divides (3×3 sum + 4 centres + 6) by 13 as a multiply-shift: exact up to 6,552,
+    """_sharpness divides (3×3 sum + 4 centres + 6) by 13 as a multiply-shift: exact below 6,564,
     and the largest total of bytes is 13·255 + 6."""
     totals = np.arange(13 * 255 + 7)
     assert np.array_equal((totals * 5042) >> 16, totals // 13)
-    assert ((6553 * 5042) >> 16) != 6553 // 13  # the bound is tight: the constant is not exact beyond
+    assert ((6564 * 5042) >> 16) != 6564 // 13  # and not far beyond
