@@ -5,7 +5,8 @@
 from its seed (``_seeds``): which ops, their magnitudes and signs, the erased box and its noise.
 The draws are float64 on the CPU and are turned into integers at once (blend factors in 1/256,
 affine matrices in 1/65536, thresholds, bit counts, boxes); the ops are integer arithmetic on
-uint8 tensors, so a view is the same image on any device, in any batch, worker or process.
+uint8 tensors (float32 only where it holds every value exactly), so a view is the same image on
+any device, in any batch, worker or process.
 
 The ops follow PIL's definitions (which timm's ops call) in integer form; what differs from
 timm, and why, is in docs/format.md: geometric ops fill with grey 128 and use bilinear
