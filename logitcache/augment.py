@@ -344,7 +344,7 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
             q = (across + (4 * one + 2 * t)) >> (_AFFINE_BITS - 7)
             tap = pixels + (q >> 8)
         else:
-            q = (centres * scale + across) + ((size + 3) * one + 2 * t)
+            q = centres * scale + (across + ((size + 3) * one + 2 * t))  # the constant on the smaller term
             q >>= _AFFINE_BITS - 7
             tap = q >> 8
         weight = torch.as_tensor(q & 255, device=x.device).to(torch.float32).div_(256)
