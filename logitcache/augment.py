@@ -327,8 +327,10 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
     Computed in float32, which is exact here: every sum and product is a multiple of 1/65536
     under 256, so the lerps below are the integer formula of tests/augment_reference.py."""
     one = 1 << _AFFINE_BITS
-    if a == d == one and b == c == 0:
-        return _shift(x, tx, ty)
+    if a == d == one and c == 0:  # rows stay rows: translation, shear x
+        return _row_warp(x, b, tx, ty)
+    if a == d == one and b == 0:  # columns stay columns: shear y, as shear x of the transpose
+        return _row_warp(x.transpose(1, 2), c, ty, tx).transpose(1, 2).contiguous()
     channels, h, w = x.shape
     # Coordinates in int32 where no sum below can reach 2**31 (any view size in practice), else int64.
     bound = max((abs(a) + abs(b)) * 2 * w + w * one + 2 * abs(tx), (abs(c) + abs(d)) * 2 * h + h * one + 2 * abs(ty))
@@ -372,23 +374,38 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
     return out.add_(0.5).to(torch.uint8)  # >= 0, so truncation is the floor
 
 
-def _shift(x: Tensor, tx: int, ty: int) -> Tensor:
-    """:func:`_warp` of a translation: the source of (X, Y) is (X + tx, Y + ty) / 65536 exactly,
-    so every tap is a slice of one canvas of the image in FILL, and no coordinate is computed."""
+def _row_warp(x: Tensor, b: int, tx: int, ty: int) -> Tensor:
+    """:func:`_warp` with a = d = 1 and c = 0: the source of (X, Y) is (X + kx_Y + fx_Y / 256,
+    Y + ky + fy / 256), whole pixels and fraction of x per row, of y for all. So each tap row is
+    one contiguous run of a canvas (the image in FILL, wide enough for every shift), gathered
+    whole, and no per-pixel coordinate is computed."""
     channels, h, w = x.shape
-    qx, qy = (2 * tx) >> (_AFFINE_BITS - 7), (2 * ty) >> (_AFFINE_BITS - 7)  # in 1/256 pixel
-    kx, ky = qx >> 8, qy >> 8
-    canvas = torch.full((channels, h + 1, w + 1), float(FILL), dtype=torch.float32, device=x.device)
-    rows, cols = slice(max(0, -ky), min(h + 1, h - ky)), slice(max(0, -kx), min(w + 1, w - kx))
-    if rows.start < rows.stop and cols.start < cols.stop:  # canvas[r, s] is pixel (r + ky, s + kx)
-        canvas[:, rows, cols] = x[:, rows.start + ky : rows.stop + ky, cols.start + kx : cols.stop + kx]
+    v = 2 * torch.arange(h, device=x.device, dtype=torch.int64) + 1 - h
+    qx = (b * v + 2 * tx) >> (_AFFINE_BITS - 7)  # per row, in 1/256 pixel
+    qy = (2 * ty) >> (_AFFINE_BITS - 7)
+    # A shift past the image reads FILL only, as the shift just past it does: clamped so.
+    kx, ky = (qx >> 8).clamp_(-w - 1, w + 1), min(max(qy >> 8, -h - 1), h + 1)
+    lo, hi = int(kx.min()), int(kx.max())
+    margin = max(0, -lo)
+    width = margin + w + max(0, hi) + 1
+    canvas = torch.full((channels, h + 1, width), float(FILL), dtype=torch.float32, device=x.device)
+    rows = slice(max(0, -ky), min(h + 1, h - ky))  # canvas[:, r, margin + s] is pixel (r + ky, s)
+    if rows.start < rows.stop:
+        canvas[:, rows, margin : margin + w] = x[:, rows.start + ky : rows.stop + ky]
+    flat = canvas.view(-1)
+    runs = flat.as_strided((flat.numel() - w, w + 1), (1, 1))  # runs[i] = flat[i : i + w + 1]
+    starts = ((h + 1) * width * torch.arange(channels, device=x.device)[:, None]
+              + width * torch.arange(h, device=x.device) + (kx + margin)).view(-1)
+    wx = (qx & 255).to(torch.float32).div_(256)[:, None]
 
-    def row(r: int) -> Tensor:
-        left = canvas[:, r : r + h, :w]
-        return torch.lerp(left, canvas[:, r : r + h, 1:], (qx & 255) / 256) if qx & 255 else left
+    def row(offset: int) -> Tensor:
+        taps = runs.index_select(0, starts + offset).view(channels, h, w + 1)
+        return torch.lerp(taps[..., :w], taps[..., 1:], wx)
 
-    out = torch.lerp(row(0), row(1), (qy & 255) / 256) if qy & 255 else row(0)
-    return (out + 0.5).to(torch.uint8)  # >= 0, so truncation is the floor
+    out = row(0)
+    if qy & 255:
+        out.lerp_(row(width), (qy & 255) / 256)
+    return out.add_(0.5).to(torch.uint8)  # >= 0, so truncation is the floor
 
 
 def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:

@@ -50,6 +50,9 @@ OP_ARGS = {
         st.tuples(st.just(ONE), coefficient, st.just(0), st.just(ONE), st.just(0), st.just(0)),
         st.tuples(st.just(ONE), st.just(0), coefficient, st.just(ONE), st.just(0), st.just(0)),
         st.tuples(st.just(ONE), st.just(0), st.just(0), st.just(ONE), st.integers(-40 * ONE, 40 * ONE), st.integers(-40 * ONE, 40 * ONE)),
+        # rows or columns that stay rows or columns, shifted far past the image
+        st.tuples(st.just(ONE), st.integers(-(2**33), 2**33), st.just(0), st.just(ONE), st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)),
+        st.tuples(st.just(ONE), st.just(0), st.integers(-(2**33), 2**33), st.just(ONE), st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)),
         # beyond int32 coordinates (the int64 path)
         st.tuples(*[st.integers(-(2**33), 2**33)] * 4, st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)),
         st.floats(-180, 180).map(lambda deg: (lambda t: tuple(round(v * ONE) for v in (np.cos(t), np.sin(t), -np.sin(t), np.cos(t))) + (0, 0))(np.radians(deg))),
