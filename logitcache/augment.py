@@ -392,19 +392,26 @@ def _row_warp(x: Tensor, b: int, tx: int, ty: int) -> Tensor:
     rows = slice(max(0, -ky), min(h + 1, h - ky))  # canvas[:, r, margin + s] is pixel (r + ky, s)
     if rows.start < rows.stop:
         canvas[:, rows, margin : margin + w] = x[:, rows.start + ky : rows.stop + ky]
-    flat = canvas.view(-1)
-    runs = flat.as_strided((flat.numel() - w, w + 1), (1, 1))  # runs[i] = flat[i : i + w + 1]
-    starts = ((h + 1) * width * torch.arange(channels, device=x.device)[:, None]
-              + width * torch.arange(h, device=x.device) + (kx + margin)).view(-1)
-    wx = (qx & 255).to(torch.float32).div_(256)[:, None]
+    if b == 0:  # a translation: one shift for every row, so the tap rows are slices
+        start, fraction = lo + margin, (int(qx[0]) & 255) / 256
 
-    def row(offset: int) -> Tensor:
-        taps = runs.index_select(0, starts + offset).view(channels, h, w + 1)
-        return torch.lerp(taps[..., :w], taps[..., 1:], wx)
+        def row(r: int) -> Tensor:
+            taps = canvas[:, r : r + h, start : start + w + 1]
+            return torch.lerp(taps[..., :w], taps[..., 1:], fraction) if fraction else taps[..., :w].clone()
+    else:
+        flat = canvas.view(-1)
+        runs = flat.as_strided((flat.numel() - w, w + 1), (1, 1))  # runs[i] = flat[i : i + w + 1]
+        starts = ((h + 1) * width * torch.arange(channels, device=x.device)[:, None]
+                  + width * torch.arange(h, device=x.device) + (kx + margin)).view(-1)
+        weights = (qx & 255).to(torch.float32).div_(256)[:, None]
+
+        def row(r: int) -> Tensor:
+            taps = runs.index_select(0, starts + r * width).view(channels, h, w + 1)
+            return torch.lerp(taps[..., :w], taps[..., 1:], weights)
 
     out = row(0)
     if qy & 255:
-        out.lerp_(row(width), (qy & 255) / 256)
+        out.lerp_(row(1), (qy & 255) / 256)
     return out.add_(0.5).to(torch.uint8)  # >= 0, so truncation is the floor
 
 
