@@ -338,7 +338,7 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
     (xs, u), (ys, v) = _grid(w, x.device, kind), _grid(h, x.device, kind)
 
     # 2·65536 × (source - 1/2) >> 9 is the source in 1/256 pixel, its low byte the tap's weight,
-    # on the shape it depends on: a shear's is per row or column, a rotation's per pixel. Taps are
+    # on the shape it depends on (a scale's per row or column, a rotation's per pixel). Taps are
     # clamped into a border of two FILL pixels (a tap pair left of, right of, above or below the
     # image then reads FILL twice), so that one gather per tap needs no mask.
     def axis(scale: int, pixels: Tensor, centres: Tensor, across: Tensor | int, size: int, t: int) -> tuple[Tensor, Tensor]:
@@ -354,24 +354,20 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
 
     ix, wx = axis(a, xs[None], u[None], b * v[:, None] if b else 0, w, tx)
     iy, wy = axis(d, ys[:, None], v[:, None], c * u[None] if c else 0, h, ty)
-    # One gather per tap for all channels: tap (dy, dx) reads the flat padded image shifted by dy
-    # rows and dx columns, at the same index.
-    index = (iy * (w + 4) + ix + (h + 4) * (w + 4) * _grid(channels, x.device, kind)[0][:, None, None]).reshape(-1)
-    flat = torch.nn.functional.pad(x, (2, 2, 2, 2), value=FILL).to(torch.float32).reshape(-1)
+    # One gather per tap and channel: tap (dy, dx) reads the flat padded channel shifted by dy
+    # rows and dx columns, at the same index. Channel by channel, so that what one step reads
+    # stays in the cache (faster than one gather over all channels).
+    index = (iy * (w + 4) + ix).reshape(-1)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=FILL).to(torch.float32).view(channels, -1)
+    out = torch.empty((channels, h, w), dtype=torch.uint8, device=x.device)
+    for k, flat in enumerate(padded):
 
-    def blends(weight: Tensor) -> bool:  # a tap of weight 0 everywhere (shears, whole pixels) is not read
-        return weight.numel() == h * w or bool(weight.amax() > 0)  # a rotation's: not worth a pass
+        def tap(offset: int, flat: Tensor = flat) -> Tensor:
+            return flat[offset:].index_select(0, index).view(h, w)
 
-    def row(offset: int) -> Tensor:
-        left = flat[offset:].index_select(0, index).view(channels, h, w)
-        if blends(wx):
-            left.lerp_(flat[offset + 1 :].index_select(0, index).view(channels, h, w), wx)
-        return left
-
-    out = row(0)
-    if blends(wy):
-        out.lerp_(row(w + 4), wy)
-    return out.add_(0.5).to(torch.uint8)  # >= 0, so truncation is the floor
+        top = tap(0).lerp_(tap(1), wx)
+        out[k] = top.lerp_(tap(w + 4).lerp_(tap(w + 5), wx), wy).add_(0.5)  # >= 0: truncation is the floor
+    return out
 
 
 def _row_warp(x: Tensor, b: int, tx: int, ty: int) -> Tensor:

@@ -50,6 +50,9 @@ OP_ARGS = {
         st.tuples(st.just(ONE), coefficient, st.just(0), st.just(ONE), st.just(0), st.just(0)),
         st.tuples(st.just(ONE), st.just(0), coefficient, st.just(ONE), st.just(0), st.just(0)),
         st.tuples(st.just(ONE), st.just(0), st.just(0), st.just(ONE), st.integers(-40 * ONE, 40 * ONE), st.integers(-40 * ONE, 40 * ONE)),
+        # scales, whose coordinates are per column and per row
+        st.tuples(coefficient, st.just(0), st.just(0), coefficient, st.integers(-40 * ONE, 40 * ONE), st.integers(-40 * ONE, 40 * ONE)),
+        st.tuples(coefficient, coefficient, st.just(0), st.just(ONE), st.just(0), st.integers(-40 * ONE, 40 * ONE)),
         # rows or columns that stay rows or columns, shifted far past the image
         st.tuples(st.just(ONE), st.integers(-(2**33), 2**33), st.just(0), st.just(ONE), st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)),
         st.tuples(st.just(ONE), st.just(0), st.integers(-(2**33), 2**33), st.just(ONE), st.integers(-(2**40), 2**40), st.integers(-(2**40), 2**40)),
