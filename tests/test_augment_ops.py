@@ -75,9 +75,11 @@ def ops(draw) -> tuple[str, tuple[int, ...]]:
 @example(image=np.arange(12, dtype=np.uint8).reshape(1, 3, 4) * 20, op=("sharpness", (4096,)))
 @example(image=np.arange(60, dtype=np.uint8).reshape(3, 4, 5) * 4, op=("affine", (2**31, 3, -5, 2**31, 2**38, -(2**38))))
 def test_every_op_equals_its_definition(image, op):
+    given = image.copy()
     got = run_plan(torch.from_numpy(image), [op], 0)
-    assert got.dtype == torch.uint8
+    assert got.dtype == torch.uint8 and got.is_contiguous()
     np.testing.assert_array_equal(got.numpy(), ref.run_plan(image, [op], 0), err_msg=repr(op))
+    np.testing.assert_array_equal(image, given)  # the input is never written
 
 
 @settings(max_examples=60, deadline=None)
