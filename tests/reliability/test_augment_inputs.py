@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lm_helpers import lm_dump_args
 
-from logitcache.augment import AutoAugment, _Draws, _q8, _rand_ops, mix_params
+from logitcache.augment import AutoAugment, _q8, _rand_ops, mix_params, plan_views
 
 SYNTHETIC = "synthetic:n=32,size=8"
 DUMP = ["dump", "--teacher", "resnet8", "--random-init", "--dataset", SYNTHETIC, "--views", "2", "--device", "cpu",
@@ -73,7 +73,7 @@ def test_lambda_is_a_share_for_any_accepted_alpha(alpha, cut, start):
 
 def _enhance_factors(policy: str, count: int = 3000) -> np.ndarray:
     aa = AutoAugment.parse(policy)
-    plans = [aa.plan(_Draws(seed, aa.n), (8, 8)) for seed in range(count)]
+    plans = plan_views(np.arange(count), (8, 8), aa, 0.0, 0.0)
     return np.array([args[0] for plan in plans for name, args in plan
                      if name in ("color", "contrast", "brightness", "sharpness")])
 
