@@ -132,6 +132,7 @@ _RAND_KEYS = {"m": float, "n": int, "mstd": float, "mmax": float, "inc": int, "p
 MAX_LAYERS = len(_RAND[False])
 MAX_MAGNITUDE = 100.0
 UNIFORM_MSTD = 100.0  # timm: an mstd above 100 draws the magnitude uniformly from [0, m]
+AA_RULES = 2  # the version of those rules that a store with such a policy records (1: before them)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,13 @@ class AutoAugment:
             f"cannot read --aa {text!r}: use trivial, or rand[-mM][-nN][-mstdS][-mmaxX][-inc1][-pP] "
             "as timm spells it, e.g. rand-m9-mstd0.5-inc1"
         )
+
+    @property
+    def follows_timm_rules(self) -> bool:
+        """Whether the policy meets a rule that logitcache took from timm after this policy could
+        be stored without it (mstd above 100: uniform magnitudes; increasing enhance factors'
+        floor of 0.1, reached only above m = 10): its views then depend on the rules' version."""
+        return self.policy == "rand" and (math.isinf(self.mstd) or bool(self.inc and self.mmax > 10))
 
     def canonical(self) -> str:
         """The one spelling of this policy that the store records."""

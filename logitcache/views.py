@@ -32,7 +32,7 @@ from ._seeds import (
     _uniform,
     view_seeds,  # noqa: F401  (its public home: logitcache.views.view_seeds)
 )
-from .augment import AutoAugment, Mix, Plan, mix_params, plan_views, run_plan
+from .augment import AA_RULES, AutoAugment, Mix, Plan, mix_params, plan_views, run_plan
 from .errors import BadInput, CacheMismatch, CacheOutdated
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def pillow_resampler() -> str:
 # that stores made without them keep their spec and identity.
 STRONG_FIELDS = ("aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
 # ...and ``resampler``, which a plain crop does not have (CIFAR-style stores keep their identity).
-_OMITTED_AT_DEFAULT = (*STRONG_FIELDS, "resampler")
+_OMITTED_AT_DEFAULT = (*STRONG_FIELDS, "resampler", "aa_rules")
 _UNIT_INTERVAL = ("reprob", "mixup_prob", "mixup_switch_prob")
 # At strength 255 colour jitter's factors reach 256, which already saturates every pixel that differs
 # from the degenerate image; larger ones would only overflow the integer blend.
@@ -128,6 +128,7 @@ class ViewSpec:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     resampler: str = ""
+    aa_rules: int = 0  # AA_RULES where the policy follows a rule taken from timm later, else 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("crop", "resized_crop"):
@@ -144,7 +145,9 @@ class ViewSpec:
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
         object.__setattr__(self, "ratio", tuple(float(r) for r in self.ratio))
         if self.aa:
-            object.__setattr__(self, "aa", AutoAugment.parse(self.aa).canonical())
+            policy = AutoAugment.parse(self.aa)
+            object.__setattr__(self, "aa", policy.canonical())
+            object.__setattr__(self, "aa_rules", AA_RULES if policy.follows_timm_rules else 0)
             if self.color_jitter:
                 raise BadInput("--color-jitter is not applied with --aa (timm turns it off too): drop one of them")
         for name in STRONG_FIELDS[1:]:
@@ -213,9 +216,21 @@ class ViewSpec:
                 "--overwrite)"
             )
         try:
-            return cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
+            spec = cls(**{**d, "scale": tuple(d["scale"]), "ratio": tuple(d["ratio"])})
         except (KeyError, TypeError, ValueError, BadInput) as e:
             raise CacheMismatch(f"the store's augmentation is malformed ({e}): re-dump it") from None
+        if d.get("aa_rules", 0) > AA_RULES:
+            raise CacheMismatch("the store's augmentation follows newer rules than this logitcache knows: upgrade "
+                                "logitcache (pip install -U logitcache)")
+        if spec.aa_rules != d.get("aa_rules", 0):
+            # Stored before logitcache followed timm's rules for this policy (or edited): its
+            # teacher saw views that today's rules do not make, and the old ones are not kept.
+            raise CacheOutdated(
+                f"the store's --aa {d['aa']} was made before logitcache drew it as timm does (mstd above 100: uniform "
+                "magnitudes; increasing enhance factors: at least 0.1), so its views are not replayed: re-dump it (the "
+                "same dump command with --overwrite)"
+            )
+        return spec
 
     def replay_problem(self) -> str | None:
         """Why this environment cannot replay these views bit for bit (resized crops of another

@@ -176,3 +176,42 @@ def test_a_cache_of_the_former_integer_resampler_is_refused_and_overwritten(smal
     assert run_cli([*_folder_dump(small_folder, cache), "--overwrite"]).code == 0
     assert "resampler" in ZarrStore.open(cache).spec.views.augmentation
     assert run_cli(_train(cache, small_folder, out, "--method", "kd")).code == 0
+
+
+@pytest.mark.parametrize("stored_aa, given", [
+    ("rand-m9-n2-mstd200-mmax10-inc0-p0.5", "rand-m9-mstd200"),  # a Gaussian of width 200 then, uniform now
+    ("rand-m15-n2-mstd0-mmax20-inc1-p0.5", "rand-m15-mmax20-inc1"),  # no floor on enhance factors then
+])
+def test_a_cache_of_a_policy_drawn_before_timms_rules_is_refused(stored_aa, given, small_folder, run_cli, tmp_path):
+    """A store whose policy meets a rule logitcache took from timm later (its spec has no
+    ``aa_rules``, as the older logitcache wrote it): its teacher saw other views than the policy
+    now makes, so ``train``, ``verify`` and ``info`` refuse it asking for a re-dump, which works."""
+    import json
+
+    from logitcache.store.format import ATTR, spec_digest
+
+    cache = tmp_path / "c.zarr"
+    assert run_cli([*_folder_dump(small_folder, cache), "--views", "2", "--aa", given]).code == 0
+    meta = json.loads((cache / "zarr.json").read_text())
+    attrs = meta["attributes"][ATTR]
+    augmentation = attrs["spec"]["views"]["augmentation"]
+    assert augmentation.pop("aa_rules") == 2
+    augmentation["aa"] = stored_aa
+    attrs["spec_sha256"] = spec_digest(attrs["spec"])
+    (cache / "zarr.json").write_text(json.dumps(meta))
+    out = tmp_path / "run"
+    for command in (_train(cache, small_folder, out, "--method", "kd"), ["info", cache],
+                    ["verify", cache, "--random-init", "--samples", "4", "--device", "cpu"]):
+        line = _one_line(run_cli(command))
+        assert f"--aa {stored_aa} was made before logitcache drew it as timm does" in line, line
+        assert "re-dump it (the same dump command with --overwrite)" in line
+    assert not out.exists()
+    assert run_cli([*_folder_dump(small_folder, cache), "--views", "2", "--aa", given, "--overwrite"]).code == 0
+    assert ZarrStore.open(cache).spec.views.augmentation["aa_rules"] == 2
+    assert run_cli(_train(cache, small_folder, out, "--method", "kd")).code == 0
+
+
+def test_policies_whose_meaning_never_changed_record_no_rules_version():
+    """So that their stores keep their spec and identity."""
+    for aa in ("rand-m9-mstd0.5-inc1", "rand-m15-mmax20", "rand-m9-mstd100-inc1", "trivial"):
+        assert "aa_rules" not in ViewSpec(kind="crop", size=8, padding=1, aa=aa).to_json()
