@@ -140,7 +140,7 @@ class AutoAugment:
     """A parsed ``--aa`` policy: ``trivial`` or timm's ``rand-m9-n2-mstd0.5-inc1`` form."""
 
     policy: str  # "rand" or "trivial"
-    m: float = 9.0
+    m: float = 10.0  # timm's default magnitude (_LEVEL_DENOM) where the string names none
     n: int = 2
     mstd: float = 0.0
     mmax: float = 10.0

@@ -155,3 +155,14 @@ def test_mixing_a_one_sample_dataset_is_refused(run_cli, one_line, tmp_path):
     args = [a if a != SYNTHETIC else "synthetic:n=1,size=8" for a in DUMP]
     assert "has one: drop them" in one_line(run_cli([*args, "--mixup", "1", "--out", out]))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["rand", "rand-n3", "rand-m9-mstd0.5-inc1", "rand-m7-mstd101-mmax12-p0.3"])
+def test_rand_strings_mean_what_timm_reads_from_them(text):
+    """Defaults included: a string without m is timm's m = 10 (it was 9 here)."""
+    timm = pytest.importorskip("timm.data.auto_augment")
+    ra, aa = timm.rand_augment_transform(text, {}), AutoAugment.parse(text)
+    op = ra.ops[0]
+    assert (aa.n, aa.m, aa.p, aa.mstd, aa.mmax) == (ra.num_layers, op.magnitude, op.prob, op.magnitude_std,
+                                                    op.magnitude_max or 10)
+    assert bool(aa.inc) == any("Increasing" in o.name for o in ra.ops)
