@@ -476,6 +476,7 @@ def _check_modality(config: TrainConfig, train_set: Dataset, method: MethodInfo)
         return
     method.check_tokens()
     given = [opt for opt, used in ((strong_options(config.strong), config.strong), ("--views", config.views is not None),
+                                   ("--view-policy", config.view_policy != "cycle"),  # one view: nothing to pick
                                    ("--mean/--std", config.mean is not None or config.std is not None),
                                    ("--label-fraction", config.label_fraction != 1)) if used]
     if given:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lm_helpers import lm_dump_args
+from lm_helpers import LM_SEQ_LEN, lm_dump_args
 
 from logitcache.augment import AutoAugment, _q8, _rand_ops, mix_params, plan_views
 
@@ -166,3 +166,13 @@ def test_rand_strings_mean_what_timm_reads_from_them(text):
     assert (aa.n, aa.m, aa.p, aa.mstd, aa.mmax) == (ra.num_layers, op.magnitude, op.prob, op.magnitude_std,
                                                     op.magnitude_max or 10)
     assert bool(aa.inc) == any("Increasing" in o.name for o in ra.ops)
+
+
+def test_view_policy_on_text_is_refused(lm_files, run_cli, one_line, tmp_path):
+    """Text has one clean view: --view-policy random would be recorded and pick nothing."""
+    out = tmp_path / "run"
+    line = one_line(run_cli(["train", "--student", f"hf:{lm_files['student']}", "--method", "ce", "--dataset",
+                             f"text:{lm_files['text']}", "--seq-len", LM_SEQ_LEN, "--epochs", "1", "--device", "cpu",
+                             "--quiet", "--view-policy", "random", "--out", out]))
+    assert "drop --view-policy" in line, line
+    assert not out.exists()
