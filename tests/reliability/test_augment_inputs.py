@@ -15,11 +15,20 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lm_helpers import LM_SEQ_LEN, lm_dump_args
 
-from logitcache.augment import AutoAugment, _q8, _rand_ops, mix_params, plan_views
+from logitcache.augment import (
+    AutoAugment,
+    _q8,
+    _rand_ops,
+    mix_params,
+    plan_view,
+    plan_views,
+    run_plan,
+)
 
 SYNTHETIC = "synthetic:n=32,size=8"
 DUMP = ["dump", "--teacher", "resnet8", "--random-init", "--dataset", SYNTHETIC, "--views", "2", "--device", "cpu",
@@ -176,3 +185,16 @@ def test_view_policy_on_text_is_refused(lm_files, run_cli, one_line, tmp_path):
                              "--quiet", "--view-policy", "random", "--out", out]))
     assert "drop --view-policy" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (5, 7), (300, 200)])
+def test_the_largest_accepted_values_run_every_op(hw):
+    """The limits are where the integer ops still hold: every op at m = mmax = 100, both signs, and
+    full-strength jitter and erasing give uint8 images."""
+    image = torch.randint(0, 256, (3, *hw), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ops = [f(100.0, s, hw) for inc in (False, True) for f in _rand_ops(inc).values() for s in (-1, 1)]
+    assert run_plan(image, ops, 0).dtype == torch.uint8
+    widest = AutoAugment.parse("rand-m100-mmax100-n15-p1-mstdinf-inc1")
+    for seed in range(20):
+        for plan in (plan_view(seed, hw, None, 255.0, 1.0), plan_view(seed, hw, widest, 0.0, 1.0)):
+            assert run_plan(image, plan, seed).shape == image.shape
