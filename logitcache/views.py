@@ -256,7 +256,10 @@ class ViewSpec:
             text = f"crop({self.size}, pad={self.padding}){flip}"
         else:
             lo, hi = self.scale
-            text = f"resized_crop({self.size}, scale=({lo:g},{hi:g}), {self.resampler}){flip}"
+            # What differs from torchvision's defaults is said too (a timm model's crop_pct sets eval_resize).
+            extras = "" if self.ratio == (3 / 4, 4 / 3) else f", ratio=({self.ratio[0]:g},{self.ratio[1]:g})"
+            extras += "" if self.eval_resize == int(round(self.size / 0.875)) else f", eval_resize={self.eval_resize}"
+            text = f"resized_crop({self.size}, scale=({lo:g},{hi:g}){extras}, {self.resampler}){flip}"
         extra = [f"aa {self.aa}"] if self.aa else []
         extra += [f"color-jitter {self.color_jitter:g}"] if self.color_jitter else []
         extra += [f"reprob {self.reprob:g}"] if self.reprob else []

@@ -29,6 +29,7 @@ from logitcache.augment import (
     plan_views,
     run_plan,
 )
+from logitcache.views import ViewSpec
 
 SYNTHETIC = "synthetic:n=32,size=8"
 DUMP = ["dump", "--teacher", "resnet8", "--random-init", "--dataset", SYNTHETIC, "--views", "2", "--device", "cpu",
@@ -198,3 +199,9 @@ def test_the_largest_accepted_values_run_every_op(hw):
     for seed in range(20):
         for plan in (plan_view(seed, hw, None, 255.0, 1.0), plan_view(seed, hw, widest, 0.0, 1.0)):
             assert run_plan(image, plan, seed).shape == image.shape
+
+
+def test_describe_says_a_resized_crops_ratio_and_eval_resize_where_not_torchvisions():
+    """What dump, train and info print is the whole spec: a timm model's crop_pct moves eval_resize."""
+    spec = ViewSpec(kind="resized_crop", size=224, ratio=(0.5, 2.0), eval_resize=236)
+    assert f"resized_crop(224, scale=(0.08,1), ratio=(0.5,2), eval_resize=236, {spec.resampler})+flip" == spec.describe()
