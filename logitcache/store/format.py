@@ -418,10 +418,21 @@ def _typed(cls: type, d: Any, where: str) -> dict[str, Any]:
     return d
 
 
+class _Absent:
+    """A key one side's JSON leaves out (e.g. an augmentation field at its default), said as such
+    rather than as ``None``."""
+
+    def __repr__(self) -> str:
+        return "not set"
+
+
+_ABSENT = _Absent()
+
+
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            out += _diff(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{prefix}{key}.")
         return out
     return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]

@@ -204,4 +204,14 @@ def test_the_largest_accepted_values_run_every_op(hw):
 def test_describe_says_a_resized_crops_ratio_and_eval_resize_where_not_torchvisions():
     """What dump, train and info print is the whole spec: a timm model's crop_pct moves eval_resize."""
     spec = ViewSpec(kind="resized_crop", size=224, ratio=(0.5, 2.0), eval_resize=236)
-    assert f"resized_crop(224, scale=(0.08,1), ratio=(0.5,2), eval_resize=236, {spec.resampler})+flip" == spec.describe()
+    assert spec.describe() == f"resized_crop(224, scale=(0.08,1), ratio=(0.5,2), eval_resize=236, {spec.resampler})+flip"
+
+
+def test_a_dump_over_a_store_of_other_augmentation_names_each_field(run_cli, one_line, tmp_path, snapshot):
+    out = tmp_path / "c.zarr"
+    assert run_cli([*DUMP, "--reprob", "0.25", "--cutmix", "1", "--out", out]).code == 0
+    before = snapshot(out)
+    line = one_line(run_cli([*DUMP, "--cutmix", "1", "--mixup", "0.5", "--mixup-switch-prob", "0.3", "--out", out]))
+    for field in ("reprob: 0.25 vs not set", "mixup: not set vs 0.5", "mixup_switch_prob: not set vs 0.3"):
+        assert f"views.augmentation.{field}" in line, line  # was "None": as if the option had that value
+    assert snapshot(out) == before
