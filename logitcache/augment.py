@@ -357,7 +357,7 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
             q = centres * scale + (across + ((size + 3) * one + 2 * t))  # the constant on the smaller term
             q >>= _AFFINE_BITS - 7
             tap = q >> 8
-        weight = torch.as_tensor(q & 255, device=x.device).to(torch.float32).div_(256)
+        weight = torch.as_tensor(q & 255, device=x.device) * (1 / 256)  # one pass: int to float, exactly
         return tap.clamp_(0, size + 2), weight
 
     ix, wx = axis(a, xs[None], u[None], b * v[:, None] if b else 0, w, tx)
