@@ -20,6 +20,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from torch import Tensor
 
 from ._seeds import _hash
 from .errors import BadInput
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 FILL = 128  # grey for pixels that geometric ops move in from outside the image
 _AFFINE_BITS = 16
@@ -244,6 +248,8 @@ def _point(name: str, arg: int) -> np.ndarray:
     """The table of a pointwise op with its argument (policies draw few distinct ones)."""
     v = _LEVELS
     table = {
+        "invert": lambda: 255 - v,
+        "posterize": lambda: v if arg >= 8 else v & ((0xFF << (8 - arg)) & 0xFF),
         "solarize": lambda: np.where(v >= arg, 255 - v, v),
         "solarize_add": lambda: np.where(v < 128, v + arg, v),
         "brightness": lambda: _blend(v, 0, arg),
@@ -280,10 +286,29 @@ def _blend_pixels(x: Tensor, degenerate: Tensor, factor: int) -> Tensor:
     return out.clamp_(0, 255).to(torch.uint8)
 
 
+def _contrast_table(luma_total: int, pixels: int, factor: int) -> np.ndarray:
+    """Blend with the image's rounded mean grey level, from the sum of its grey levels."""
+    return np.clip(_blend(_LEVELS, (luma_total + pixels // 2) // pixels, factor), 0, 255).astype(np.uint8)
+
+
+def _autocontrast_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(C, 256) from each channel's lowest and highest level."""
+    lo, hi = lo.astype(np.int64)[:, None], hi.astype(np.int64)[:, None]
+    return np.where(hi > lo, np.maximum(_LEVELS - lo, 0) * 255 // np.maximum(hi - lo, 1), _LEVELS).astype(np.uint8)
+
+
+def _equalize_table(counts: np.ndarray) -> np.ndarray:
+    """(C, 256) from each channel's histogram: PIL's ImageOps.equalize in its own integer arithmetic."""
+    tables = []
+    for h in counts.astype(np.int64):
+        present = h[h > 0]
+        step = int((present.sum() - present[-1]) // 255)
+        tables.append(np.minimum((np.cumsum(h) - h + step // 2) // step, 255) if step else _LEVELS)
+    return np.stack(tables).astype(np.uint8)
+
+
 def _contrast(x: Tensor, factor: int) -> Tensor:
-    pixels = x[0].numel()
-    mean = (int(_luma(x).sum()) + pixels // 2) // pixels
-    return _table(x, np.clip(_blend(_LEVELS, mean, factor), 0, 255).astype(np.uint8))
+    return _table(x, _contrast_table(int(_luma(x).sum()), x[0].numel(), factor))
 
 
 def _sharpness(x: Tensor, factor: int) -> Tensor:
@@ -304,21 +329,11 @@ def _sharpness(x: Tensor, factor: int) -> Tensor:
 
 
 def _autocontrast(x: Tensor) -> Tensor:
-    lo = x.amin(dim=(1, 2)).cpu().numpy().astype(np.int64)[:, None]
-    hi = x.amax(dim=(1, 2)).cpu().numpy().astype(np.int64)[:, None]
-    table = np.where(hi > lo, np.maximum(_LEVELS - lo, 0) * 255 // np.maximum(hi - lo, 1), _LEVELS)
-    return _table(x, table.astype(np.uint8))
+    return _table(x, _autocontrast_table(x.amin(dim=(1, 2)).cpu().numpy(), x.amax(dim=(1, 2)).cpu().numpy()))
 
 
 def _equalize(x: Tensor) -> Tensor:
-    """PIL's ImageOps.equalize per channel, in its own integer arithmetic."""
-    counts = torch.stack([torch.bincount(plane.reshape(-1), minlength=256) for plane in x]).cpu().numpy().astype(np.int64)
-    tables = []
-    for h in counts:
-        present = h[h > 0]
-        step = int((present.sum() - present[-1]) // 255)
-        tables.append(np.minimum((np.cumsum(h) - h + step // 2) // step, 255) if step else _LEVELS)
-    return _table(x, np.stack(tables).astype(np.uint8))
+    return _table(x, _equalize_table(torch.stack([torch.bincount(p.reshape(-1), minlength=256) for p in x]).cpu().numpy()))
 
 
 @functools.lru_cache(maxsize=64)
@@ -427,7 +442,7 @@ def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:
 
 
 _OPS: dict[str, Callable[..., Tensor]] = {
-    "invert": lambda x: 255 - x,
+    "invert": lambda x: 255 - x,  # on a tensor cheaper than its table
     "autocontrast": _autocontrast,
     "equalize": _equalize,
     "posterize": lambda x, bits: x if bits >= 8 else x & ((0xFF << (8 - bits)) & 0xFF),
@@ -445,6 +460,38 @@ def run_plan(image: Tensor, plan: Plan, seed: int) -> Tensor:
     """Apply one view's integer ops to a (C, H, W) uint8 image on its device."""
     for name, args in plan:
         image = _erase(image, seed, *args) if name == "erase" else _OPS[name](image, *args)
+    return image
+
+
+# --------------------------------------------------------------------------- on Pillow images
+# A folder's view is a Pillow image until it becomes a tensor: the pointwise ops that lead its plan
+# run there, through the same tables (its statistics from Pillow's histogram, extrema and "L"
+# conversion, which is the grey level above), in Pillow's C; the rest of the plan runs on the tensor.
+_POINTWISE = ("invert", "posterize", "solarize", "solarize_add", "brightness", "contrast", "autocontrast", "equalize")
+
+
+def split_pointwise(plan: Plan) -> tuple[Plan, Plan]:
+    """The plan's leading pointwise ops, and the rest."""
+    k = next((j for j, (name, _) in enumerate(plan) if name not in _POINTWISE), len(plan))
+    return plan[:k], plan[k:]
+
+
+def run_pointwise(image: PILImage, plan: Plan) -> PILImage:
+    """Apply pointwise ops (:func:`split_pointwise`) to an "L" or "RGB" Pillow image."""
+    for name, args in plan:
+        bands = len(image.getbands())
+        if name == "contrast":
+            grey = image.convert("L") if bands == 3 else image
+            total = int(np.dot(_LEVELS, grey.histogram()))
+            table = _contrast_table(total, image.width * image.height, args[0])
+        elif name == "autocontrast":
+            lo, hi = np.array(image.getextrema()).reshape(bands, 2).T
+            table = _autocontrast_table(lo, hi)
+        elif name == "equalize":
+            table = _equalize_table(np.array(image.histogram()).reshape(bands, 256))
+        else:
+            table = _point(name, args[0] if args else 0)
+        image = image.point((np.tile(table, bands) if table.ndim == 1 else table).reshape(-1).tolist())
     return image
 
 

@@ -32,7 +32,7 @@ from ._seeds import (
     _uniform,
     view_seeds,  # noqa: F401  (its public home: logitcache.views.view_seeds)
 )
-from .augment import AA_RULES, AutoAugment, Mix, Plan, mix_params, plan_views, run_plan
+from .augment import AA_RULES, AutoAugment, Mix, Plan, mix_params, plan_views, run_plan, run_pointwise, split_pointwise
 from .errors import BadInput, CacheMismatch, CacheOutdated
 
 if TYPE_CHECKING:
@@ -402,10 +402,14 @@ class ViewSpec:
         if self.kind == "crop" or any(isinstance(image, Tensor) for image in images):
             return torch.cat([self.apply((im if isinstance(im, Tensor) else pil_to_tensor(im))[None], p[None])
                               for im, p in zip(images, params)])
+        from PIL import Image as PILImage
+
         out = []
         for image, p, plan in zip(images, params.tolist(), self.plans(params)):
-            view = _resample(image, p, self.size)
-            out.append(run_plan(view.flip(-1) if p[FLIP] else view, plan, p[SEED]))
+            view = _resized(image, p, self.size)
+            pointwise, rest = split_pointwise(plan)  # the ops a Pillow image takes as fast, while it is one
+            view = run_pointwise(view.transpose(PILImage.FLIP_LEFT_RIGHT) if p[FLIP] else view, pointwise)
+            out.append(run_plan(pil_to_tensor(view), rest, p[SEED]))
         return torch.stack(out)
 
 
@@ -422,8 +426,8 @@ def _flip(images: Tensor, flip: Tensor) -> Tensor:
     return torch.where(flip.bool()[:, None, None, None], images.flip(-1), images)
 
 
-def _resample(image: Image, p: Sequence[int], size: int) -> Tensor:
-    """Crop the box ``p`` out of a Pillow image and resize it to size × size: (C, size, size) uint8.
+def _resized(image: Image, p: Sequence[int], size: int) -> Image:
+    """Crop the box ``p`` out of a Pillow image and resize it to size × size.
 
     Crop first, then resize, as torchvision's ``resized_crop`` does on Pillow images: the filter
     sees only the box's pixels. No ``reducing_gap``: one resampling pass, whatever the scale.
@@ -431,7 +435,12 @@ def _resample(image: Image, p: Sequence[int], size: int) -> Tensor:
     from PIL import Image as PILImage
 
     box = (p[LEFT], p[TOP], p[LEFT] + p[WIDTH], p[TOP] + p[HEIGHT])
-    return pil_to_tensor(image.crop(box).resize((size, size), PILImage.BILINEAR, reducing_gap=None))
+    return image.crop(box).resize((size, size), PILImage.BILINEAR, reducing_gap=None)
+
+
+def _resample(image: Image, p: Sequence[int], size: int) -> Tensor:
+    """:func:`_resized` as a (C, size, size) uint8 tensor."""
+    return pil_to_tensor(_resized(image, p, size))
 
 
 def _resample_tensor(image: Tensor, p: Sequence[int], size: int) -> Tensor:

@@ -12,7 +12,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from logitcache.augment import AutoAugment, plan_view, run_plan
+from logitcache import augment
+from logitcache.augment import AutoAugment, plan_view, run_plan, run_pointwise, split_pointwise
+from logitcache.views import pil_to_tensor
 from tests import augment_reference as ref
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -88,6 +90,29 @@ def test_chains_of_ops_equal_their_definitions(image, plan, seed):
     h, w = image.shape[1:]
     plan = plan + [("erase", (seed % h, seed % w, h - seed % h, w - seed % w))]
     np.testing.assert_array_equal(run_plan(torch.from_numpy(image), plan, seed).numpy(), ref.run_plan(image, plan, seed))
+
+
+def _pil(image: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(image=images(), op=st.sampled_from(sorted(augment._POINTWISE)).flatmap(lambda name: OP_ARGS[name].map(lambda a: (name, a))))
+def test_pointwise_ops_on_pillow_images_equal_their_definitions(image, op):
+    """A folder's view runs its leading pointwise ops as a Pillow image (its statistics from Pillow)."""
+    got = pil_to_tensor(run_pointwise(_pil(image), [op]))
+    np.testing.assert_array_equal(got.numpy(), ref.run_plan(image, [op], 0), err_msg=repr(op))
+
+
+@settings(max_examples=60, deadline=None)
+@given(image=images(), plan=st.lists(ops(), min_size=1, max_size=4), seed=st.integers(0, 2**32 - 1))
+def test_a_plan_split_between_pillow_and_the_tensor_equals_its_definition(image, plan, seed):
+    pointwise, rest = split_pointwise(plan)
+    assert pointwise + rest == plan and all(name in augment._POINTWISE for name, _ in pointwise)
+    got = run_plan(pil_to_tensor(run_pointwise(_pil(image), pointwise)), rest, seed)
+    np.testing.assert_array_equal(got.numpy(), ref.run_plan(image, plan, seed))
 
 
 POLICIES = [("rand-m9-mstd0.5-inc1", 0.0, 0.25), ("rand-m9-n3-mstd1-p0.9", 0.0, 0.0), ("trivial", 0.0, 0.5), (None, 0.4, 0.25)]
