@@ -72,7 +72,10 @@ def _torchvision(root, strong: str, n: int) -> float:
     if strong == "torchvision":
         ops += [transforms.RandAugment(num_ops=2, magnitude=9)]
     elif strong == "timm":  # as timm's create_transform builds it
+        from timm.data import auto_augment
         from timm.data.auto_augment import rand_augment_transform
+
+        auto_augment.NAME_TO_OP["PosterizeIncreasing"] = _posterize  # timm's raises on Pillow >= 10 at m = 10
 
         ops += [rand_augment_transform(STRONG["aa"], {"translate_const": int(224 * 0.45),
                                                       "img_mean": tuple(round(255 * m) for m in mean)})]
@@ -88,11 +91,21 @@ def _torchvision(root, strong: str, n: int) -> float:
     return timed(lambda: [x for x, _ in loader])
 
 
+def _posterize(img, bits_to_keep: int, **_):
+    """timm's posterize, keeping no bit as Pillow 9 did (all black; ours too): at m = 10 timm's
+    PosterizeIncreasing asks for 0 bits, which Pillow 10 and later refuse with a ValueError."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    return ImageOps.posterize(img, bits_to_keep) if bits_to_keep >= 1 else img.point(lambda _: 0)
+
+
 COMPARED = {"torchvision": "torchvision's RandAugment(2, 9) + RandomErasing", "timm": "timm's ops, the same policy"}
 
 
 def _speed(ctx: Ctx) -> tuple[list[list[str]], dict[str, float], dict[str, float]]:
-    n, repeats = ctx.n(96, 16), ctx.n(9, 1)
+    n, repeats = ctx.n(96, 16), ctx.n(15, 1)
     root = jpeg_folder(ctx.workdir / "augment-folder" / "train", [(500, 333), (375, 500)], n).parent
     dataset = open_dataset(f"imagefolder:{root}", "train")
     plain = ViewSpec(kind="resized_crop", size=224)
