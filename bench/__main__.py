@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench            # all of them (~10-15 min on 2 CPU cores)
     .venv/bin/python -m bench --quick    # smoke run (~3 min), written to $TMPDIR/logitcache-bench-quick.md
-    .venv/bin/python -m bench --only storage read_speed
+    .venv/bin/python -m bench --only storage read_speed --out /tmp/part.md
     .venv/bin/python -m bench --only lm_storage --update   # re-run sections, keep the others in RESULTS.md
 
 Scratch stores go to a temporary folder (``--workdir`` to keep them).
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         "device of the training steps (1.) and the dumps (2.): cpu (default), cuda, auto; reads and storage "
         "are measured on the CPU, where the reader works"))
     args = parser.parse_args(argv)
+    if args.only and not (args.update or args.out or args.quick) and (HERE / "RESULTS.md").exists():
+        parser.error("--only would replace bench/RESULTS.md with these sections alone: add --update to replace just "
+                     "them, or --out FILE to write them elsewhere")
     import torch
 
     from logitcache._utils import resolve_device
