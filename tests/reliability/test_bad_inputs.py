@@ -34,14 +34,6 @@ DUMP = ["dump", "--teacher", "resnet8", "--views", "1", "--topk", "1", "--chunk-
 TRAIN = ["train", "--student", "resnet8", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"]
 
 
-def _one_line(result) -> str:
-    assert result.code not in (0, None), result.out
-    assert "Traceback" not in result.err, result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    return lines[0]
-
-
 class _Payload:
     """Unpickling this runs code: it would create the file named by ``marker``."""
 
@@ -113,14 +105,14 @@ CACHES = {  # --cache value -> words the message must hold
 
 @pytest.mark.parametrize("command", ["train", "info", "verify"])
 @pytest.mark.parametrize("case", list(CACHES))
-def test_a_cache_that_is_not_one(case, command, files, newer_store, run_cli, snapshot, tmp_path):
+def test_a_cache_that_is_not_one(case, command, files, newer_store, run_cli, snapshot, tmp_path, one_line):
     name, words = CACHES[case]
     cache = newer_store if name == "NEWER" else files / name
     before = snapshot(cache) if cache.exists() else None
     out = tmp_path / "run"
     argv = {"train": [*TRAIN, "--dataset", SYNTHETIC, "--cache", cache, "--out", out],
             "info": ["info", cache, "--quiet"], "verify": ["verify", cache, "--random-init", "--device", "cpu"]}[command]
-    line = _one_line(run_cli(argv))
+    line = one_line(run_cli(argv))
     for word in words:
         assert word in line, line
     assert not out.exists()
@@ -140,7 +132,7 @@ CHECKPOINTS = {
 
 @pytest.mark.parametrize("command", ["dump", "train --teacher-online", "eval"])
 @pytest.mark.parametrize("case", list(CHECKPOINTS))
-def test_a_checkpoint_that_is_not_one(case, command, files, run_cli, tmp_path):
+def test_a_checkpoint_that_is_not_one(case, command, files, run_cli, tmp_path, one_line):
     name, words = CHECKPOINTS[case]
     ckpt, out = files / name, tmp_path / "out"
     argv = {
@@ -149,20 +141,20 @@ def test_a_checkpoint_that_is_not_one(case, command, files, run_cli, tmp_path):
                                    "--checkpoint", ckpt, "--out", out],
         "eval": ["eval", "--model", "resnet8", "--dataset", SYNTHETIC, "--checkpoint", ckpt],
     }[command]
-    line = _one_line(run_cli(argv))
+    line = one_line(run_cli(argv))
     for word in words:
         assert word in line, line
     assert not out.exists()
     assert not (files / "PWNED").exists()  # the payload never ran
 
 
-def test_a_pickle_payload_as_last_checkpoint_never_runs(make_cache, files, run_cli, tmp_path):
+def test_a_pickle_payload_as_last_checkpoint_never_runs(make_cache, files, run_cli, tmp_path, one_line):
     cache = make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)
     out = tmp_path / "run"
     command = [*TRAIN, "--dataset", SYNTHETIC, "--cache", cache, "--out", out]
     assert run_cli(command).code == 0
     (out / "last.pt").write_bytes((files / "payload.pt").read_bytes())
-    line = _one_line(run_cli([*command, "--epochs", "1", "--resume"]))
+    line = one_line(run_cli([*command, "--epochs", "1", "--resume"]))
     assert f"cannot resume from {out / 'last.pt'}: it is unreadable" in line
     assert not (files / "PWNED").exists()
 
@@ -188,19 +180,19 @@ def test_nothing_in_a_store_is_pickled(digits_cache):
 
 # --------------------------------------------------------------------------- teachers that output NaN/inf
 @pytest.mark.parametrize("bad", ["nan", "inf"])
-def test_a_teacher_that_outputs_non_finite_logits(bad, files, run_cli, tmp_path):
+def test_a_teacher_that_outputs_non_finite_logits(bad, files, run_cli, tmp_path, one_line):
     out = tmp_path / "c.zarr"
-    line = _one_line(run_cli([*DUMP, "--dataset", SYNTHETIC, "--checkpoint", files / f"{bad}.pt", "--out", out]))
+    line = one_line(run_cli([*DUMP, "--dataset", SYNTHETIC, "--checkpoint", files / f"{bad}.pt", "--out", out]))
     assert "teacher produced NaN/inf logits for sample 0" in line and "nothing was written" in line
     assert not out.exists()
 
 
-def test_fp16_overflow_is_refused_naming_the_sample_and_the_precision_to_use(files, run_cli, tmp_path):
+def test_fp16_overflow_is_refused_naming_the_sample_and_the_precision_to_use(files, run_cli, tmp_path, one_line):
     """Under --precision fp16 a teacher whose logits exceed 65504 gives inf: refused before anything
     is written, saying so; the suggested --precision bf16 dumps the same teacher."""
     out = tmp_path / "c.zarr"
     args = [*DUMP, "--dataset", SYNTHETIC, "--checkpoint", files / "huge.pt", "--dtype", "fp32", "--out", out]
-    line = _one_line(run_cli([*args, "--precision", "fp16"]))
+    line = one_line(run_cli([*args, "--precision", "fp16"]))
     assert "NaN/inf logits for sample 0 (unaugmented); nothing was written" in line
     assert "overflows fp16" in line and "--precision bf16" in line
     assert not out.exists()
@@ -270,20 +262,20 @@ OPTIONS = {  # train options that cannot work, and words of the refusal
 
 
 @pytest.mark.parametrize("case", list(OPTIONS))
-def test_train_options_that_cannot_work(case, make_cache, run_cli, tmp_path):
+def test_train_options_that_cannot_work(case, make_cache, run_cli, tmp_path, one_line):
     extra, words = OPTIONS[case]
     cache = make_cache(dataset=SYNTHETIC, topk=3, chunk_samples=16)
     out = tmp_path / "run"
-    line = _one_line(run_cli([*TRAIN, "--dataset", SYNTHETIC, "--out", out,
+    line = one_line(run_cli([*TRAIN, "--dataset", SYNTHETIC, "--out", out,
                               *[str(cache) if e == "CACHE" else e for e in extra]]))
     for word in words:
         assert word in line, line
     assert not out.exists()
 
 
-def test_k_not_below_the_class_count(run_cli, tmp_path):
+def test_k_not_below_the_class_count(run_cli, tmp_path, one_line):
     out = tmp_path / "c.zarr"
-    line = _one_line(run_cli([*DUMP, "--dataset", "synthetic:n=64,size=8,classes=4", "--random-init", "--topk", "4",
+    line = one_line(run_cli([*DUMP, "--dataset", "synthetic:n=64,size=8,classes=4", "--random-init", "--topk", "4",
                               "--out", out]))
     assert "top-k needs k < number of classes (4), got k=4" in line
     assert not out.exists()
@@ -306,7 +298,7 @@ DATA_CASES = [(case, command) for case in DATA for command in ("dump", "train")
 
 
 @pytest.mark.parametrize(("case", "command"), DATA_CASES, ids=[f"{c}-{m}" for c, m in DATA_CASES])
-def test_data_that_cannot_be_read(case, command, files, run_cli, tmp_path):
+def test_data_that_cannot_be_read(case, command, files, run_cli, tmp_path, one_line):
     dataset, words = DATA[case]
     kind, _, folder = dataset.partition(":")
     if kind == "imagefolder":
@@ -314,13 +306,13 @@ def test_data_that_cannot_be_read(case, command, files, run_cli, tmp_path):
     out = tmp_path / "out"
     root = ["--data-root", str(tmp_path / "data")]
     argv = ([*DUMP, "--random-init", "--augment", "resized_crop:8"] if command == "dump" else [*TRAIN, "--method", "ce"])
-    line = _one_line(run_cli([*argv, "--dataset", dataset, *root, "--out", out]))
+    line = one_line(run_cli([*argv, "--dataset", dataset, *root, "--out", out]))
     for word in words:
         assert word in line, line
     assert not out.exists() and not (tmp_path / "data").exists()
 
 
-def test_a_broken_image_found_mid_dump(files, run_cli, tmp_path):
+def test_a_broken_image_found_mid_dump(files, run_cli, tmp_path, one_line):
     """Only the first image is decoded before writing (checking them all would read the data
     twice), so a broken one further on stops the dump with the file named, in one line even from
     a loader process; no block holding it is done, readers refuse the store, and after the file is
@@ -331,14 +323,14 @@ def test_a_broken_image_found_mid_dump(files, run_cli, tmp_path):
     shutil.copytree(files / "imgs_later", folder)
     out = tmp_path / "c.zarr"
     command = [*DUMP, "--dataset", f"imagefolder:{folder}", "--random-init", "--augment", "resized_crop:8", "--out", out]
-    line = _one_line(run_cli(command))
+    line = one_line(run_cli(command))
     assert f"cannot decode image {folder / 'b' / '2.png'}" in line and "remove or replace the file" in line
     state = ZarrStore.open(out).progress()
     assert state[0, 6 // 4] != DONE  # sample 6 (b/2.png) is in block 1 of the clean view
     with pytest.raises(CacheIncomplete):
         CacheReader(out)
     shutil.copyfile(folder / "b" / "1.png", folder / "b" / "2.png")
-    refused = _one_line(run_cli(command))
+    refused = one_line(run_cli(command))
     assert "holds a cache made with other settings (dataset.fingerprint" in refused and "--overwrite" in refused
     assert run_cli([*command, "--overwrite"]).code == 0
     assert ZarrStore.open(out).provenance.complete
@@ -372,14 +364,14 @@ def packed(make_cache, tmp_path_factory):
 
 @pytest.mark.parametrize("where", list(UNWRITABLE))
 @pytest.mark.parametrize("command", list(WRITERS))
-def test_an_output_that_cannot_be_written(command, where, packed, run_cli, tmp_path, monkeypatch):
+def test_an_output_that_cannot_be_written(command, where, packed, run_cli, tmp_path, monkeypatch, one_line):
     make, words = UNWRITABLE[where]
     bad = make(tmp_path)
     if not bad.parents[-2].exists():  # /proc or /sys: Linux only
         pytest.skip(f"no {bad.parents[-2]} here")
     (tmp_path / "a-file").write_text("a regular file")
     monkeypatch.setenv("LOGITCACHE_HOME", str(bad / "home"))
-    line = _one_line(run_cli(WRITERS[command](bad, packed)))
+    line = one_line(run_cli(WRITERS[command](bad, packed)))
     assert line.startswith("error: cannot write ") and words in line and str(bad) in line, line
     option = {"dump into LOGITCACHE_HOME": "LOGITCACHE_HOME", "pack": "archive", "unpack": "destination"}
     assert line.endswith(f"choose another {option.get(command, '--out')}"), line
@@ -388,14 +380,14 @@ def test_an_output_that_cannot_be_written(command, where, packed, run_cli, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-def test_a_packed_store_is_not_repaired(packed, run_cli, snapshot):
+def test_a_packed_store_is_not_repaired(packed, run_cli, snapshot, one_line):
     before = snapshot(packed["zip"].parent)
-    line = _one_line(run_cli(["verify", packed["zip"], "--repair", "--random-init", "--device", "cpu"]))
+    line = one_line(run_cli(["verify", packed["zip"], "--repair", "--random-init", "--device", "cpu"]))
     assert "is a packed store and read-only: `logitcache unpack` it into a folder" in line
     assert snapshot(packed["zip"].parent) == before
 
 
-def test_an_os_error_later_on_is_one_line_naming_the_path(make_cache, run_cli, tmp_path, monkeypatch):
+def test_an_os_error_later_on_is_one_line_naming_the_path(make_cache, run_cli, tmp_path, monkeypatch, one_line):
     """What no up-front check can foresee (a disk that fills up during a run, a loader creating
     a folder) still ends in one line naming the path and the reason, not a traceback."""
     import errno
@@ -407,9 +399,9 @@ def test_an_os_error_later_on_is_one_line_naming_the_path(make_cache, run_cli, t
 
     monkeypatch.setattr(_utils, "atomic_write_bytes", full)
     out = tmp_path / "run"
-    line = _one_line(run_cli([*TRAIN, "--dataset", SYNTHETIC, "--method", "ce", "--out", out]))
+    line = one_line(run_cli([*TRAIN, "--dataset", SYNTHETIC, "--method", "ce", "--out", out]))
     assert line == f"error: {out / 'config.json'}: No space left on device (check the path and its permissions)"
     monkeypatch.undo()
-    line = _one_line(run_cli([*DUMP, "--dataset", "cifar10", "--download", "--random-init", "--data-root",
+    line = one_line(run_cli([*DUMP, "--dataset", "cifar10", "--download", "--random-init", "--data-root",
                               "/proc/logitcache-test", "--out", tmp_path / "c.zarr"]))
     assert line.startswith("error: /proc/logitcache-test: No such file or directory")
