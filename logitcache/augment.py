@@ -355,9 +355,10 @@ def _warp(x: Tensor, a: int, b: int, c: int, d: int, tx: int, ty: int) -> Tensor
     if a == d == one and b == 0:  # columns stay columns: shear y, as shear x of the transpose
         return _row_warp(x.transpose(1, 2), c, ty, tx).transpose(1, 2).contiguous()
     channels, h, w = x.shape
-    # Coordinates in int32 where no sum below can reach 2**31 (any view size in practice), else int64.
-    bound = max((abs(a) + abs(b)) * 2 * w + w * one + 2 * abs(tx), (abs(c) + abs(d)) * 2 * h + h * one + 2 * abs(ty))
-    kind = torch.int32 if bound < 2**31 and channels * (h + 4) * (w + 4) < 2**31 else torch.int64
+    # Coordinates in int32 where no term or sum below can reach 2**31 (any view size in practice),
+    # else int64: |u| <= w and |v| <= h, whatever the image's shape.
+    bound = max(abs(a) * w + abs(b) * h + (w + 3) * one + 2 * abs(tx), abs(c) * w + abs(d) * h + (h + 3) * one + 2 * abs(ty))
+    kind = torch.int32 if bound < 2**31 and (h + 4) * (w + 4) < 2**31 else torch.int64
     (xs, u), (ys, v) = _grid(w, x.device, kind), _grid(h, x.device, kind)
 
     # 2·65536 × (source - 1/2) >> 9 is the source in 1/256 pixel, its low byte the tap's weight,

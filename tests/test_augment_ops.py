@@ -84,6 +84,16 @@ def test_every_op_equals_its_definition(image, op):
     np.testing.assert_array_equal(image, given)  # the input is never written
 
 
+@pytest.mark.parametrize("matrix", [(3 * ONE, 2**22, 5, 2 * ONE), (ONE // 3, 7, 2**22, 3 * ONE)], ids=["tall", "wide"])
+def test_warps_of_long_thin_images_stay_in_range(matrix):
+    """A coordinate bound from the longer side: on a tall or wide image a shear term reaches 2**32
+    (and wrapped to a pixel inside in int32) while the shorter side's bound stays small."""
+    tall = np.random.default_rng(0).integers(0, 256, (1, 3001, 3)).astype(np.uint8)
+    image = tall if matrix[1] > matrix[2] else np.ascontiguousarray(tall.transpose(0, 2, 1))
+    op = ("affine", (*matrix, 0, 0))
+    np.testing.assert_array_equal(run_plan(torch.from_numpy(image), [op], 0).numpy(), ref.run_plan(image, [op], 0))
+
+
 @settings(max_examples=60, deadline=None)
 @given(image=images(), plan=st.lists(ops(), min_size=2, max_size=4), seed=st.integers(0, 2**32 - 1))
 def test_chains_of_ops_equal_their_definitions(image, plan, seed):
