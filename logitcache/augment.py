@@ -243,13 +243,21 @@ def erase_plan(prob: float, draws: _Draws, hw: tuple[int, int]) -> Plan:
 _LEVELS = np.arange(256, dtype=np.int64)
 
 
+def _invert(x: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    return 255 - x
+
+
+def _posterize(x: Tensor | np.ndarray, bits: int) -> Tensor | np.ndarray:
+    return x if bits >= 8 else x & ((0xFF << (8 - bits)) & 0xFF)
+
+
 @functools.lru_cache(maxsize=4096)
 def _point(name: str, arg: int) -> np.ndarray:
     """The table of a pointwise op with its argument (policies draw few distinct ones)."""
     v = _LEVELS
     table = {
-        "invert": lambda: 255 - v,
-        "posterize": lambda: v if arg >= 8 else v & ((0xFF << (8 - arg)) & 0xFF),
+        "invert": lambda: _invert(v),
+        "posterize": lambda: _posterize(v, arg),
         "solarize": lambda: np.where(v >= arg, 255 - v, v),
         "solarize_add": lambda: np.where(v < 128, v + arg, v),
         "brightness": lambda: _blend(v, 0, arg),
@@ -443,10 +451,10 @@ def _erase(x: Tensor, seed: int, top: int, left: int, h: int, w: int) -> Tensor:
 
 
 _OPS: dict[str, Callable[..., Tensor]] = {
-    "invert": lambda x: 255 - x,  # on a tensor cheaper than its table
+    "invert": _invert,  # on a tensor cheaper than its table, as posterize
     "autocontrast": _autocontrast,
     "equalize": _equalize,
-    "posterize": lambda x, bits: x if bits >= 8 else x & ((0xFF << (8 - bits)) & 0xFF),
+    "posterize": _posterize,
     "solarize": lambda x, t: _table(x, _point("solarize", t)),
     "solarize_add": lambda x, add: _table(x, _point("solarize_add", add)),
     "brightness": lambda x, f: _table(x, _point("brightness", f)),
@@ -508,11 +516,6 @@ def plan_views(
         plan = aa.plan(draws, hw) if aa else jitter_plan(color_jitter, draws) if color_jitter else []
         plans.append(plan + (erase_plan(reprob, draws, hw) if reprob else []))
     return plans
-
-
-def plan_view(seed: int, hw: tuple[int, int], aa: AutoAugment | None, color_jitter: float, reprob: float) -> Plan:
-    """:func:`plan_views` of one seed."""
-    return plan_views([seed], hw, aa, color_jitter, reprob)[0]
 
 
 # --------------------------------------------------------------------------- mixing

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from logitcache.augment import _TRIVIAL, AutoAugment, _rand_ops, mix_images, mix_params, plan_view, run_plan
+from logitcache.augment import _TRIVIAL, AutoAugment, _rand_ops, mix_images, mix_params, plan_views, run_plan
 from logitcache.errors import BadInput, CacheMismatch
 from logitcache.methods._common import cross_entropy, mixed_target
 from logitcache.views import ViewSpec, view_seeds
@@ -68,14 +68,15 @@ def test_views_replay_whatever_the_batch_and_device(device, policy, hw, seed, re
 
 
 def test_plans_are_a_pure_function_of_the_seed_and_differ_between_seeds():
+    """Drawn for a batch at once or one by one, a view's plan is the same."""
     aa = AutoAugment.parse("rand-m9-mstd0.5-inc1")
-    plans = [plan_view(s, (32, 32), aa, 0.0, 0.25) for s in range(2000)]
-    assert plans == [plan_view(s, (32, 32), aa, 0.0, 0.25) for s in range(2000)]
+    plans = plan_views(np.arange(2000), (32, 32), aa, 0.0, 0.25)
+    assert plans == [plan_views([s], (32, 32), aa, 0.0, 0.25)[0] for s in range(2000)]
     assert len({repr(p) for p in plans}) > 1000  # a quarter have no op, some ops have no argument
     # timm: two layers, each applied with p = 0.5; erasing on a quarter of the views.
     assert 0.9 < np.mean([sum(op != "erase" for op, _ in p) for p in plans]) < 1.1
     assert 0.2 < np.mean([any(op == "erase" for op, _ in p) for p in plans]) < 0.3
-    trivial = [plan_view(s, (32, 32), AutoAugment.parse("trivial"), 0.0, 0.0) for s in range(2000)]
+    trivial = plan_views(np.arange(2000), (32, 32), AutoAugment.parse("trivial"), 0.0, 0.0)
     assert 0.04 < np.mean([not p for p in trivial]) < 0.10  # the identity is one op of 14
 
 

@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from logitcache import augment
-from logitcache.augment import AutoAugment, plan_view, run_plan, run_pointwise, split_pointwise
+from logitcache.augment import AutoAugment, plan_views, run_plan, run_pointwise, split_pointwise
 from logitcache.views import pil_to_tensor
 from tests import augment_reference as ref
 
@@ -133,8 +133,7 @@ POLICIES = [("rand-m9-mstd0.5-inc1", 0.0, 0.25), ("rand-m9-n3-mstd1-p0.9", 0.0, 
 def test_policy_views_equal_their_definitions(device, aa, jitter, reprob):
     policy = AutoAugment.parse(aa) if aa else None
     image = np.random.default_rng(1).integers(0, 256, (3, 19, 26)).astype(np.uint8)
-    for seed in range(40):
-        plan = plan_view(seed, (19, 26), policy, jitter, reprob)
+    for seed, plan in enumerate(plan_views(np.arange(40), (19, 26), policy, jitter, reprob)):
         got = run_plan(torch.from_numpy(image).to(device), plan, seed).cpu().numpy()
         np.testing.assert_array_equal(got, ref.run_plan(image, plan, seed), err_msg=repr(plan))
 
@@ -163,8 +162,8 @@ def test_views_of_existing_caches_keep_their_bytes(name):
     policy = None if name.startswith("jitter") else AutoAugment.parse(name)
     jitter = 0.4 if policy is None else 0.0
     image, digest = _photo(), hashlib.sha256()
-    for seed in range(200):
-        digest.update(run_plan(image, plan_view(seed, (48, 64), policy, jitter, 0.25), seed).numpy().tobytes())
+    for seed, plan in enumerate(plan_views(np.arange(200), (48, 64), policy, jitter, 0.25)):
+        digest.update(run_plan(image, plan, seed).numpy().tobytes())
     assert digest.hexdigest() == PINNED[name]
 
 

@@ -25,7 +25,6 @@ from logitcache.augment import (
     _q8,
     _rand_ops,
     mix_params,
-    plan_view,
     plan_views,
     run_plan,
 )
@@ -196,8 +195,8 @@ def test_the_largest_accepted_values_run_every_op(hw):
     ops = [f(100.0, s, hw) for inc in (False, True) for f in _rand_ops(inc).values() for s in (-1, 1)]
     assert run_plan(image, ops, 0).dtype == torch.uint8
     widest = AutoAugment.parse("rand-m100-mmax100-n15-p1-mstdinf-inc1")
-    for seed in range(20):
-        for plan in (plan_view(seed, hw, None, 255.0, 1.0), plan_view(seed, hw, widest, 0.0, 1.0)):
+    for aa, jitter in ((None, 255.0), (widest, 0.0)):
+        for seed, plan in enumerate(plan_views(np.arange(20), hw, aa, jitter, 1.0)):
             assert run_plan(image, plan, seed).shape == image.shape
 
 
